@@ -1,0 +1,25 @@
+"""The project's exceptions: one base class, a few kinds, messages that say what to do.
+
+This module imports nothing but the standard library, so every package (model, data_prep,
+cluster) may import it without pulling in the rest of `pipeline`.
+"""
+
+
+class NoddError(Exception):
+    """Base class of every error nodd raises on purpose. The CLI prints it as one line."""
+
+
+class ConfigError(NoddError):
+    """A config file, key or value is wrong. The message names the field and the valid choices."""
+
+
+class DataError(NoddError):
+    """Input data or shards are missing, corrupt or inconsistent (wrong fingerprint, bad checksum)."""
+
+
+class SampleError(DataError):
+    """One input sample cannot be used. Prep records it in errors.jsonl and goes on."""
+
+
+class ClusterError(NoddError):
+    """A scheduler, cluster or launcher is missing, unreachable or refused a job."""
