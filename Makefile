@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(NETNS) $(PY) -m pipeline.demo --out $(DEMO_DIR)
+	$(NETNS) $(NODD) demo --out $(DEMO_DIR)
 
 test: install
 	$(NETNS) $(PY) -m pytest -q tests

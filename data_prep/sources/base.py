@@ -1,0 +1,104 @@
+"""What every source provides: a cheap, deterministic listing of items and a loader that turns a
+batch of items into decoded samples (or per-sample errors).
+
+Listing is separate from loading so prep can split the work into fixed units (one shard each)
+before reading any pixels, and so a rerun after a crash assigns every item to the same unit.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from data_prep.config import ImageConfig, SourceConfig, VideoConfig
+from pipeline.errors import DataError, SampleError
+
+
+@dataclass(frozen=True)
+class Item:
+    """One sample to load: a stable key, its modality and a JSON-able reference (path, row, ...)."""
+
+    key: str
+    modality: str  # "image" | "video" | "text"
+    ref: Any
+
+
+@dataclass
+class Sample:
+    """A decoded sample. `pixels` is uint8 (H, W, 3) for images and (T, H, W, 3) for videos."""
+
+    key: str
+    modality: str
+    caption: str = ""
+    pixels: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class SampleFailure:
+    """A sample that could not be used, and why (one line of errors.jsonl)."""
+
+    key: str
+    reason: str
+    ref: Any = None
+
+
+LoadResult = Sample | SampleFailure
+
+
+@dataclass
+class Media:
+    """The decode settings every loader receives."""
+
+    image: ImageConfig
+    video: VideoConfig
+
+
+class Source(abc.ABC):
+    """Base class. Subclasses implement `items` and `load` (or `load_batch` when a batch can be
+    read more cheaply together, e.g. Parquet row groups or tar members)."""
+
+    def __init__(self, cfg: SourceConfig, media: Media):
+        self.cfg = cfg
+        self.media = media
+        self.listing_errors: list[SampleFailure] = []
+
+    @abc.abstractmethod
+    def items(self) -> Iterator[Item]:
+        """Every item of the source, in a deterministic order."""
+
+    @abc.abstractmethod
+    def load(self, item: Item) -> Sample:
+        """Decode one item; raise SampleError with a reason when it cannot be used."""
+
+    def load_batch(self, items: list[Item]) -> list[LoadResult]:
+        return [self.load_safely(item) for item in items]
+
+    def load_safely(self, item: Item) -> LoadResult:
+        try:
+            return self.load(item)
+        except SampleError as exc:
+            return SampleFailure(item.key, str(exc), item.ref)
+
+
+def list_files(root: str, suffixes: tuple[str, ...], what: str) -> tuple[Path, list[Path]]:
+    """Files under `root` (a folder, searched recursively, or a single file) with one of the
+    suffixes, sorted so the listing is deterministic."""
+    path = Path(root).expanduser()
+    if path.is_file():
+        return path.parent, [path]
+    if not path.is_dir():
+        raise DataError(f"source.path={root!r} does not exist; point it at a folder of {what}")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    if not files:
+        raise DataError(f"no {what} ({', '.join(suffixes)}) found under {root!r}")
+    return path, files
+
+
+def relative_key(root: Path, path: Path) -> str:
+    """Key of a file: its path below the source root, without the extension."""
+    return path.relative_to(root).with_suffix("").as_posix()

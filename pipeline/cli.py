@@ -1,0 +1,122 @@
+"""The `nodd` command. Thin: parse, build the config, call the package that does the work.
+Heavy imports (torch, ray) happen inside the handlers, so `nodd --help` stays fast.
+
+    nodd tokenizer train --config configs/tokenizer/shapes_kl.toml [key=value ...]
+    nodd prep --config configs/prep/shapes.toml [key=value ...]
+    nodd shards verify DIR [--tokenizer PATH]
+    nodd shards inspect DIR [--count N] [--tokenizer PATH]
+    nodd demo [--out runs/demo]
+
+Exit status: 0 on success, 1 with a one-line reason on a nodd error, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pipeline.errors import NoddError
+
+OVERRIDES_HELP = "config overrides like source.limit=500 image.size=64 (after the file's values)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nodd", description="Pretraining pipeline for multimodal LLMs.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    tok = commands.add_parser("tokenizer", help="train image/video/text tokenizers")
+    tok_commands = tok.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
+    train = tok_commands.add_parser("train", help="train a KL-VAE, VQ, FSQ or BPE tokenizer on any source")
+    train.add_argument("--config", help="TOML file (see configs/tokenizer/)")
+    train.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+
+    prep = commands.add_parser("prep", help="pre-encode a source into verified shards with Ray")
+    prep.add_argument("--config", help="TOML file (see configs/prep/)")
+    prep.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+
+    shards = commands.add_parser("shards", help="verify or inspect prepared shards")
+    shard_commands = shards.add_subparsers(dest="shards_command", required=True, metavar="ACTION")
+    verify = shard_commands.add_parser("verify", help="check counts, checksums and fingerprints")
+    verify.add_argument("dir")
+    verify.add_argument("--tokenizer", help="tokenizer dir that must match the shards' fingerprint")
+    inspect = shard_commands.add_parser("inspect", help="print a summary and decode samples to PNG/mp4")
+    inspect.add_argument("dir")
+    inspect.add_argument("--count", type=int, default=16, help="images to decode (default 16)")
+    inspect.add_argument("--tokenizer", help="decode with this tokenizer instead of the manifest's")
+
+    demo = commands.add_parser("demo", help="the main job on built-in data: tokenizer, prep, verify, inspect")
+    demo.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
+    demo.add_argument("--samples", type=int, default=2000, help="shapes images to prepare")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from pipeline.logs import setup_logging
+
+    setup_logging(args.verbose)
+    try:
+        return HANDLERS[args.command](args)
+    except NoddError as exc:
+        print(f"nodd: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("nodd: interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _tokenizer(args) -> int:
+    from pipeline.config import load_config
+    from pipeline.tokenizer_train import TokenizerTrainConfig, train_tokenizer
+
+    cfg = load_config(TokenizerTrainConfig, args.config, args.overrides)
+    result = train_tokenizer(cfg)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _prep(args) -> int:
+    from data_prep.config import PrepConfig
+    from data_prep.prep import run_prep
+    from pipeline.config import load_config
+
+    cfg = load_config(PrepConfig, args.config, args.overrides)
+    manifest = run_prep(cfg)
+    print(f"{manifest['num_samples']} samples in {len(manifest['shards'])} shards, "
+          f"{manifest['errors']['count']} skipped -> {cfg.out_dir}")
+    return 0
+
+
+def _shards(args) -> int:
+    from data_prep.shards import format_summary, inspect_shards, summarize, verify_shards
+
+    if args.shards_command == "verify":
+        problems = verify_shards(args.dir, args.tokenizer)
+        for problem in problems:
+            print(f"FAIL {problem}")
+        if problems:
+            print(f"nodd: error: {len(problems)} problems in {args.dir}", file=sys.stderr)
+            return 1
+        summary = summarize(args.dir)
+        print(f"OK {args.dir}: {summary['samples']} samples in {summary['shards']} shards verified")
+        return 0
+    print(format_summary(summarize(args.dir)))
+    written = inspect_shards(args.dir, args.count, args.tokenizer)
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def _demo(args) -> int:
+    from pipeline.demo import run_demo
+
+    run_demo(args.out, args.samples)
+    return 0
+
+
+HANDLERS = {"tokenizer": _tokenizer, "prep": _prep, "shards": _shards, "demo": _demo}
+
+if __name__ == "__main__":
+    sys.exit(main())
