@@ -115,7 +115,7 @@ class RayConfig:
 class PrepConfig:
     """`nodd prep`: read a source, decode, encode with a tokenizer, write verified shards."""
 
-    source: SourceConfig = field(default_factory=SourceConfig)
+    source: SourceConfig = field(default_factory=lambda: SourceConfig(kind="shapes", limit=1000))
     image: ImageConfig = field(default_factory=ImageConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     tokenizer: TokenizerRef = field(default_factory=TokenizerRef)

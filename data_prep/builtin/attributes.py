@@ -1,4 +1,4 @@
-"""Attribute reader for shapes images: pixel analysis, no learning. Scores generations GenEval-style.
+"""Attribute reader for shapes images: pixel analysis, no learning; GenEval-style scoring.
 
 `read_objects` finds the colored shapes in an image, `parse_caption` turns a caption of the
 shapes grammar into a spec, and `score_image` checks an image against a caption (object, color,

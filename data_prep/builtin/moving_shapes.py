@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 import av
@@ -74,17 +74,17 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 8) -> None:
         raise DataError(f"frames must have shape (T, H, W, 3) with T >= 1, got {frames.shape}")
     if frames.dtype != np.uint8:
         raise DataError(f"frames must be uint8, got {frames.dtype}; scale to 0-255 and cast")
+    if int(fps) != fps or fps < 1:
+        raise DataError(f"fps must be a positive integer, got {fps}")
     height, width = frames.shape[1:3]
     if height % 2 or width % 2:
         raise DataError(f"yuv420p needs even frame sizes, got {width}x{height}; crop or pad by "
                         f"one pixel")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory, so os.replace is an atomic rename and readers never see half a file.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _temp_name(path)
     try:
-        with av.open(tmp, mode="w", format="mp4") as container:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=int(fps))
             stream.width, stream.height = width, height
             stream.pix_fmt = "yuv420p"
@@ -98,17 +98,31 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 8) -> None:
             for packet in stream.encode():
                 container.mux(packet)
         os.replace(tmp, path)
+    except av.FFmpegError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"could not encode {path} with libx264 ({exc}); check that the installed "
+                        f"PyAV wheel includes libx264 and the directory is writable") from exc
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _temp_name(path: Path) -> Path:
+    """Hidden, unique name next to `path`: os.replace within a directory is an atomic rename,
+    so readers never see half a file and concurrent writers never share a temporary file.
+    (Not mkstemp: its 0600 mode would survive the rename and hide clips from other users.)"""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
     """Write UTF-8 text via a temporary name and a rename, like write_mp4."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    tmp = _temp_name(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def materialize(out_dir: str | Path, seed: int, count: int, image_size: int = 32,

@@ -111,5 +111,5 @@ def photo_samples(image_size: int = 64) -> list[Sample]:
                         {"name": name, "subject": subject}))
     if not samples:
         raise DataError("no scikit-image sample photo could be loaded; reinstall scikit-image "
-                        "(pip install --force-reinstall scikit-image) so its bundled data is present")
+                        "(pip install --force-reinstall scikit-image) to restore its bundled data")
     return samples

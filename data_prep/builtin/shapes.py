@@ -87,7 +87,8 @@ def caption_for(scene: Scene) -> str:
         return noun_phrase(len(objs), objs[0].color, objs[0].shape)
     if scene.kind == "relation":
         a, b = objs
-        return f"{noun_phrase(1, a.color, a.shape)} {scene.relation} {noun_phrase(1, b.color, b.shape)}"
+        first, second = noun_phrase(1, a.color, a.shape), noun_phrase(1, b.color, b.shape)
+        return f"{first} {scene.relation} {second}"
     raise DataError(f"unknown scene kind {scene.kind!r}; use one of {', '.join(SCENE_KINDS)}")
 
 

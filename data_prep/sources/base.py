@@ -46,6 +46,9 @@ class SampleFailure:
     reason: str
     ref: Any = None
 
+    def __post_init__(self) -> None:
+        self.reason = " ".join(str(self.reason).split())  # one line per record, whatever the library said
+
 
 LoadResult = Sample | SampleFailure
 
@@ -67,9 +70,15 @@ class Source(abc.ABC):
         self.media = media
         self.listing_errors: list[SampleFailure] = []
 
-    @abc.abstractmethod
     def items(self) -> Iterator[Item]:
-        """Every item of the source, in a deterministic order."""
+        """Every item of the source, in a deterministic order. Problems found while listing
+        (an unreadable tar or Parquet file) are collected in `listing_errors`."""
+        self.listing_errors = []
+        yield from self.list_items()
+
+    @abc.abstractmethod
+    def list_items(self) -> Iterator[Item]:
+        """The source's own listing (see `items`)."""
 
     @abc.abstractmethod
     def load(self, item: Item) -> Sample:

@@ -19,7 +19,7 @@ from pipeline.errors import DataError, SampleError
 class ShapesSource(Source):
     """`source.limit` procedurally rendered scenes, deterministic in (source.seed, index)."""
 
-    def items(self) -> Iterator[Item]:
+    def list_items(self) -> Iterator[Item]:
         for index in range(self.cfg.limit):
             yield Item(f"shapes-{self.cfg.seed}-{index:07d}", "image", index)
 
@@ -40,13 +40,13 @@ class MovingShapesSource(VideoFolderSource):
         super().__init__(SourceConfig(**{**cfg.__dict__, "kind": "videofolder", "path": str(folder)}), media)
         self.generated = cfg
 
-    def items(self) -> Iterator[Item]:
+    def list_items(self) -> Iterator[Item]:
         from data_prep.builtin.moving_shapes import materialize
 
         video = self.media.video
         materialize(self.cfg.path, self.generated.seed, self.generated.limit, self.media.image.size,
                     video.num_frames, int(round(video.fps)))
-        for item in super().items():
+        for item in super().list_items():
             if int(item.key.rsplit("-", 1)[-1]) < self.generated.limit:  # a larger earlier run may share the cache
                 yield item
 
@@ -65,7 +65,7 @@ class TableOfSamples(Source):
             self._rows = self.samples()
         return self._rows
 
-    def items(self) -> Iterator[Item]:
+    def list_items(self) -> Iterator[Item]:
         rows = self.rows()
         limit = self.cfg.limit or len(rows)
         for index, (key, *_rest) in enumerate(rows[:limit]):
@@ -115,7 +115,7 @@ class NpySource(Source):
         side = Path(self.cfg.path).with_suffix(".txt")
         return side.read_text(encoding="utf-8").splitlines() if side.is_file() else None
 
-    def items(self) -> Iterator[Item]:
+    def list_items(self) -> Iterator[Item]:
         count = len(self._array())
         stem = Path(self.cfg.path).stem
         for index in range(min(count, self.cfg.limit) if self.cfg.limit else count):

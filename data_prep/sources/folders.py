@@ -15,7 +15,7 @@ VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi")
 class ImageFolderSource(Source):
     """Every image file below `source.path`; key = relative path without extension."""
 
-    def items(self) -> Iterator[Item]:
+    def list_items(self) -> Iterator[Item]:
         root, files = list_files(self.cfg.path, IMAGE_SUFFIXES, "images")
         for path in files:
             yield Item(relative_key(root, path), "image", str(path))
@@ -31,7 +31,7 @@ class VideoFolderSource(Source):
     """Every video file below `source.path`, cut into one clip of `video.num_frames` frames at
     `video.fps` (see data_prep.media.decode_video)."""
 
-    def items(self) -> Iterator[Item]:
+    def list_items(self) -> Iterator[Item]:
         root, files = list_files(self.cfg.path, VIDEO_SUFFIXES, "videos")
         for path in files:
             yield Item(relative_key(root, path), "video", str(path))

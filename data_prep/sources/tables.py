@@ -48,7 +48,7 @@ class ParquetSource(Source):
             )
         return [c for c in wanted if c in schema.names]
 
-    def items(self) -> Iterator[Item]:
+    def list_items(self) -> Iterator[Item]:
         root, files = list_files(self.cfg.path, (".parquet",), "Parquet files")
         for path in files:
             try:
@@ -124,7 +124,7 @@ class HFDiskSource(Source):
             ds = ds.cast_column(self.cfg.image_column, datasets.Image(decode=False))
         return ds
 
-    def items(self) -> Iterator[Item]:
+    def list_items(self) -> Iterator[Item]:
         ds = self._dataset()
         keys = ds[self.cfg.key_column] if self.cfg.key_column else None
         for index in range(len(ds)):

@@ -20,7 +20,7 @@ TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
 
 class TextSource(Source):
-    def items(self) -> Iterator[Item]:
+    def list_items(self) -> Iterator[Item]:
         root, files = list_files(self.cfg.path, TEXT_SUFFIXES, "text files")
         for path in files:
             rel = path.relative_to(root).as_posix()

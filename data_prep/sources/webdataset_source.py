@@ -28,7 +28,7 @@ def split_member(name: str) -> tuple[str, str]:
 
 
 class WebDatasetSource(Source):
-    def items(self) -> Iterator[Item]:
+    def list_items(self) -> Iterator[Item]:
         root, tars = list_files(self.cfg.path, (".tar",), "webdataset .tar shards")
         for tar_path in tars:
             try:

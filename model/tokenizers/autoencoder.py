@@ -41,9 +41,7 @@ class TokenizerOutput:
         """kl only: a reparameterised sample from the posterior (same shape as mean)."""
         if self.mean is None or self.logvar is None:
             raise ValueError("sample() needs a KL tokenizer's output (mean and logvar); discrete latents are deterministic")
-        return self.mean + torch.exp(0.5 * self.logvar) * torch.randn(
-            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
-        )
+        return DiagonalGaussian.from_mean_logvar(self.mean, self.logvar).sample(generator)
 
 
 class ImageTokenizer(nn.Module):

@@ -92,3 +92,33 @@ def write_clip(path: Path, frames: int = 8, fps: int = 8, size: int = 32, color=
     for t in range(frames):
         video[t, 8:16, 2 + step * t:10 + step * t] = color
     write_mp4(video, path, fps=fps)
+
+
+def write_source(kind: str, root: Path, count: int) -> Path:
+    """A small Parquet / webdataset / HF-on-disk dataset of random images with captions."""
+    import tarfile
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    images = [png_bytes(Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8))) for _ in range(count)]
+    captions = [f"random picture {i}" for i in range(count)]
+    if kind == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"image": images, "caption": captions}), root / "data.parquet", row_group_size=4)
+    elif kind == "webdataset":
+        with tarfile.open(root / "shard-000.tar", "w") as tar:
+            for i, (image, caption) in enumerate(zip(images, captions)):
+                for ext, data in (("png", image), ("txt", caption.encode())):
+                    info = tarfile.TarInfo(f"s{i:04d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    elif kind == "hf":
+        import datasets
+
+        features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
+        datasets.Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in images], "caption": captions},
+                                   features=features).save_to_disk(str(root / "hf"))
+        return root / "hf"
+    return root
