@@ -32,10 +32,13 @@ class TokenizerConfig:
         num_res_blocks: residual blocks per resolution level in encoder and decoder.
         latent_channels: KL only, channels C of the continuous latent (B, C, h, w).
         kl_weight: KL only, weight of KL(q(z|x) || N(0, I)) (mean per latent value) against the
-            reconstruction MSE (mean per pixel value). 1e-4 keeps the latent at roughly unit
-            scale (good for a diffusion prior) while costing well under 1 dB of PSNR; Stable
-            Diffusion's 1e-6 on per-image sums is ~1e-7 in these units and leaves the latent
-            scale unconstrained (hence its 0.18215 scaling factor).
+            reconstruction MSE (mean per pixel value). Measured on 32x32 shapes (600 steps,
+            channels 16): 1e-6, 1e-4 and 1e-3 all give a latent of std ~0.8-0.9 and PSNR within
+            0.1 dB (25.8 / 25.8 / 25.7), while the KL falls 4.6 -> 3.6 -> 1.9 nats per value and
+            the posterior std rises 0.02 -> 0.04 -> 0.17. 1e-4 is the safe middle: a mildly
+            regularised, unit-scale latent at no measurable PSNR cost; raise it towards 1e-3 for
+            a smoother latent for diffusion. (Stable Diffusion's 1e-6 on per-image sums is
+            ~1e-7 in these units.)
         vq_codebook_size: VQ only, number of codes K (the vocabulary).
         vq_dim: VQ only, code dimension D; a small D (8) makes nearest-code search and
             codebook usage better than the encoder width would.
@@ -51,7 +54,7 @@ class TokenizerConfig:
     kind: str = "kl"
     image_size: int = 32
     downsample: int = 4
-    channels: int = 64
+    channels: int = 32
     num_res_blocks: int = 1
     latent_channels: int = 4
     kl_weight: float = 1e-4
