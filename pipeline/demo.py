@@ -10,6 +10,7 @@ Later stages (training, sampling, evaluation) join here as they land.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -24,16 +25,16 @@ log = logging.getLogger(__name__)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def run_demo(out: str | Path, samples: int = 2000, tokenizer_steps: int = 1200) -> dict:
+def run_demo(out: str | Path, samples: int = 2000, tokenizer_steps: int = 600) -> dict:
     out = Path(out)
     tok_dir = out / "tokenizer_kl"
-    if (tok_dir / "fingerprint.txt").exists():
+    if (tok_dir / "fingerprint.txt").exists() and (tok_dir / "metrics.json").exists():
         log.info("demo: reusing the tokenizer in %s (delete it to retrain)", tok_dir)
+        metrics = json.loads((tok_dir / "metrics.json").read_text(encoding="utf-8"))
     else:
         tok_cfg = load_config(TokenizerTrainConfig, CONFIGS / "tokenizer" / "shapes_kl.toml",
                               [f"out_dir={_toml_str(tok_dir)}", f"steps={tokenizer_steps}"])
         metrics = train_tokenizer(tok_cfg)
-        log.info("demo: tokenizer PSNR %.2f dB", metrics["psnr"])
     results = {}
     for name, config, limit in (("shapes", "shapes.toml", samples), ("moving_shapes", "moving_shapes.toml", max(64, samples // 16))):
         prep_cfg = load_config(PrepConfig, CONFIGS / "prep" / config, [
@@ -46,13 +47,14 @@ def run_demo(out: str | Path, samples: int = 2000, tokenizer_steps: int = 1200) 
         written = inspect_shards(prep_cfg.out_dir, count=32)
         results[name] = {"shards": prep_cfg.out_dir, "samples": manifest["num_samples"], **written}
     print("\nnodd demo finished:")
-    print(f"  tokenizer        {tok_dir}  (metrics.json, reconstructions.png)")
+    print(f"  tokenizer        {tok_dir}: PSNR {metrics['psnr']:.2f} dB on held-out images, "
+          f"{metrics['info_budget']['values']} latent values per image (reconstructions.png)")
     for name, info in results.items():
         print(f"  {name:16s} {info['samples']} samples, verified shards in {info['shards']}")
         for kind in ("png", "mp4"):
             if kind in info:
                 print(f"  {'':16s} decoded samples: {info[kind]}")
-    return results
+    return {"tokenizer": metrics, **results}
 
 
 def _toml_str(path: Path) -> str:

@@ -130,6 +130,8 @@ def _train_image(cfg: TokenizerTrainConfig, samples: list[Sample], out_dir: Path
 
         def on_step(step: int, losses: dict[str, float]) -> None:
             progress.update(task, completed=step + 1, description=f"training {cfg.kind} loss {losses['total']:.4f}")
+            if (step + 1) % max(1, cfg.steps // 10) == 0:  # for logs, where the bar is not drawn
+                log.info("step %d/%d %s", step + 1, cfg.steps, " ".join(f"{k}={v:.4g}" for k, v in losses.items()))
 
         history = fit(tokenizer, batches(), cfg.steps, lr=cfg.lr, on_step=on_step)
     seconds = time.perf_counter() - started

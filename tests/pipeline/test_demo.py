@@ -1,0 +1,24 @@
+"""The demo end to end on a small budget: tokenizer, Ray prep of images and videos, verified
+shards, decoded PNG and mp4 (the same code `make demo` runs with larger numbers)."""
+
+from pathlib import Path
+
+import pytest
+
+from data_prep.shards import verify_shards
+from pipeline.demo import run_demo
+
+pytestmark = pytest.mark.ray
+
+
+def test_demo_small(tmp_path, local_ray, capsys):
+    results = run_demo(tmp_path / "demo", samples=64, tokenizer_steps=10)
+    assert results["shapes"]["samples"] == 64 and results["moving_shapes"]["samples"] == 64
+    for name in ("shapes", "moving_shapes"):
+        assert verify_shards(results[name]["shards"]) == []
+    assert Path(results["shapes"]["png"]).stat().st_size > 0
+    assert Path(results["moving_shapes"]["mp4"]).stat().st_size > 0
+    assert "nodd demo finished" in capsys.readouterr().out
+    # A second run reuses the tokenizer and finds every shard done.
+    again = run_demo(tmp_path / "demo", samples=64, tokenizer_steps=10)
+    assert again["tokenizer"]["fingerprint"] == results["tokenizer"]["fingerprint"]
