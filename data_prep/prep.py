@@ -171,12 +171,11 @@ def _run_local(cfg, plan, pending, source, text_tokenizer, out_dir) -> None:
 
 
 def _run_ray(cfg, plan, pending, source, text_tokenizer, out_dir) -> None:
-    import numpy as np
-    import ray
-
     from data_prep.ray_runtime import encoder_resources, init_ray
 
-    init_ray(cfg.ray)
+    init_ray(cfg.ray)  # before `import ray`: it sets the auth mode Ray reads at import
+    import numpy as np
+    import ray
     encoders, actor_cpus, actor_gpus, threads = encoder_resources(cfg.ray, len(pending))
     fingerprints = plan.fingerprints
     out = str(out_dir.resolve())

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+from pathlib import Path
 
 from data_prep.config import RayConfig
 from pipeline.errors import ClusterError
@@ -18,6 +20,10 @@ log = logging.getLogger(__name__)
 
 
 def init_ray(cfg: RayConfig) -> None:
+    if cfg.address and (Path.home() / ".ray" / "auth_token").exists():
+        # A head started with `ray start` on this machine requires token auth from its clients;
+        # Ray reads the mode when it is first imported.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     if ray.is_initialized():
@@ -25,6 +31,7 @@ def init_ray(cfg: RayConfig) -> None:
     ctx_kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,
                       configure_logging=True)
     if cfg.address:
+        _check_reachable(cfg.address)
         try:
             ray.init(address=cfg.address, **ctx_kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -34,12 +41,30 @@ def init_ray(cfg: RayConfig) -> None:
             ) from None
     else:
         cores = os.cpu_count() or 1
-        ray.init(num_cpus=cfg.num_cpus or 2 * cores, **ctx_kwargs)
+        # address="local": always a private Ray, never a cluster that `ray start` left on this machine.
+        ray.init(address="local", num_cpus=cfg.num_cpus or 2 * cores, **ctx_kwargs)
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False  # nodd shows one bar over shards instead
     ctx.print_on_execution_start = False
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, not minutes: ray.init retries an unreachable GCS for a long time."""
+    if address == "auto":
+        return
+    host_port = address.removeprefix("ray://").rsplit("/", 1)[0]
+    host, _, port = host_port.rpartition(":")
+    if not port.isdigit():
+        raise ClusterError(f"ray.address={address!r} must look like host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ClusterError(
+            f"no Ray cluster answers at ray.address={address!r} ({exc.strerror or exc}); start one with "
+            "`ray start --head` or leave ray.address empty for a local Ray"
+        ) from None
 
 
 def encoder_resources(cfg: RayConfig, pending_units: int) -> tuple[int, float, float, int]:
