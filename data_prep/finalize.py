@@ -43,7 +43,7 @@ def finalize(cfg: PrepConfig, out_dir: Path, num_items: int, num_units: int, fin
         schema_version=schema.SCHEMA_VERSION,
         num_samples=total,
         shards=shards,
-        tokenizer=_tokenizer_info(cfg.tokenizer.path, fingerprints["tokenizer_fingerprint"]),
+        tokenizer=_tokenizer_info(cfg.tokenizer.path, cfg.image.size, fingerprints["tokenizer_fingerprint"]),
         text_tokenizer=_text_tokenizer_info(cfg.tokenizer.text, fingerprints["text_tokenizer_fingerprint"]),
         latent_stats=stats.summary(),
         errors={"count": len(errors), "rate": rate, "by_reason": dict(reasons.most_common())},
@@ -76,12 +76,12 @@ def reason_category(reason: str) -> str:
     return re.sub(r"\d+(\.\d+)?", "N", reason.split(":")[0])[:80]
 
 
-def _tokenizer_info(path: str, fingerprint: str) -> dict:
+def _tokenizer_info(path: str, image_size: int, fingerprint: str) -> dict:
     if not path:
         return {}
-    from model.tokenizers import load_tokenizer
+    from model.tokenizers import load_image_tokenizer
 
-    tokenizer = load_tokenizer(path)
+    tokenizer = load_image_tokenizer(path, image_size)
     return {"kind": tokenizer.config.kind, "fingerprint": fingerprint, "path": str(Path(path).resolve()),
             "latent_shape": list(tokenizer.latent_shape()), "vocab_size": tokenizer.vocab_size,
             "temporal_compression": tokenizer.temporal_compression, "info_budget": tokenizer.info_budget(),

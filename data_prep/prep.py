@@ -93,9 +93,10 @@ def make_plan(cfg: PrepConfig, source, text_tokenizer) -> Plan:
     units = [items[i:i + cfg.shard_size] for i in range(0, len(items), cfg.shard_size)]
     fingerprints = {"text_tokenizer_fingerprint": text_tokenizer.fingerprint, "tokenizer_fingerprint": ""}
     if cfg.tokenizer.path:
-        from model.tokenizers import tokenizer_fingerprint
+        from model.tokenizers import image_tokenizer_fingerprint, load_image_tokenizer
 
-        fingerprints["tokenizer_fingerprint"] = tokenizer_fingerprint(cfg.tokenizer.path)
+        load_image_tokenizer(cfg.tokenizer.path, cfg.image.size)  # fail here, before Ray starts
+        fingerprints["tokenizer_fingerprint"] = image_tokenizer_fingerprint(cfg.tokenizer.path)
     return Plan(units, failures, fingerprints)
 
 
@@ -155,7 +156,8 @@ class _ErrorBudget:
 
 
 def _run_local(cfg, plan, pending, source, text_tokenizer, out_dir) -> None:
-    encoder = UnitEncoder(cfg.tokenizer.path, cfg.encode_batch_size, cfg.latent_dtype) if cfg.tokenizer.path else None
+    encoder = (UnitEncoder(cfg.tokenizer.path, cfg.encode_batch_size, cfg.latent_dtype, image_size=cfg.image.size)
+               if cfg.tokenizer.path else None)
     budget = _ErrorBudget(cfg, plan)
     with _progress() as bar:
         task = bar.add_task("prep", total=len(pending), samples=0, errors=0)
@@ -198,7 +200,7 @@ def _run_ray(cfg, plan, pending, source, text_tokenizer, out_dir) -> None:
             UnitEncoder, batch_size=1, num_cpus=actor_cpus, num_gpus=actor_gpus,
             fn_constructor_kwargs={"tokenizer_path": str(Path(cfg.tokenizer.path).resolve()),
                                    "batch_size": cfg.encode_batch_size, "latent_dtype": cfg.latent_dtype,
-                                   "threads": threads},
+                                   "threads": threads, "image_size": cfg.image.size},
             compute=ray.data.ActorPoolStrategy(size=encoders),
         )
     ds = ds.map_batches(write, batch_size=1, num_cpus=0.25)

@@ -59,9 +59,9 @@ def verify_shards(out_dir: str | Path, tokenizer_path: str | None = None) -> lis
     for extra in sorted(p.name for p in out_dir.glob(schema.SHARD_GLOB) if p.name not in listed):
         problems.append(f"{extra}: shard not listed in the manifest")
     if tokenizer_path:
-        from model.tokenizers import tokenizer_fingerprint
+        from model.tokenizers import image_tokenizer_fingerprint
 
-        found = tokenizer_fingerprint(tokenizer_path)
+        found = image_tokenizer_fingerprint(tokenizer_path)
         if found != manifest.tokenizer.get("fingerprint"):
             problems.append(f"tokenizer at {tokenizer_path} has fingerprint {found[:12]}..., shards were encoded with "
                             f"{str(manifest.tokenizer.get('fingerprint'))[:12]}...")
@@ -87,14 +87,14 @@ def inspect_shards(out_dir: str | Path, count: int = 16, tokenizer_path: str | N
     the caption of each in captions.txt) and the first video into `inspect/video-0.mp4`."""
     import torch
 
-    from model.tokenizers import load_tokenizer
+    from model.tokenizers import load_image_tokenizer
 
     out_dir = Path(out_dir)
     manifest = schema.Manifest.read(out_dir)
     path = tokenizer_path or manifest.tokenizer.get("path")
     if not path:
         raise DataError(f"{out_dir} holds text only; nothing to decode")
-    tokenizer = load_tokenizer(path).eval()
+    tokenizer = load_image_tokenizer(path, manifest.prep_config["image"]["size"]).eval()
     images, captions, video = [], [], None
     for row in schema.iter_rows(out_dir):
         if row["modality"] == "image" and len(images) < count:

@@ -70,16 +70,17 @@ def decode_unit(unit: int, items: list[Item], source: Source, text_tokenizer) ->
 class UnitEncoder:
     """Holds the image tokenizer (one per actor) and encodes a unit's pixels in batches."""
 
-    def __init__(self, tokenizer_path: str, batch_size: int, latent_dtype: str, threads: int = 0):
+    def __init__(self, tokenizer_path: str, batch_size: int, latent_dtype: str, threads: int = 0,
+                 image_size: int | None = None):
         import torch
 
-        from model.tokenizers import load_tokenizer
+        from model.tokenizers import load_image_tokenizer
 
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.tokenizer = load_tokenizer(tokenizer_path).to(self.device).eval()
+        self.tokenizer = load_image_tokenizer(tokenizer_path, image_size).to(self.device).eval()
         self.discrete = self.tokenizer.config.kind in ("vq", "fsq")
         self.batch_size = batch_size
         self.latent_dtype = np.dtype(latent_dtype)

@@ -12,6 +12,7 @@ from .diffusers_vae import DiffusersVAE, load_diffusers_vae
 from .fsq import FSQ
 from .io import compute_fingerprint, load_tokenizer, save_tokenizer, tokenizer_fingerprint
 from .kl import DiagonalGaussian
+from .loading import image_tokenizer_fingerprint, is_diffusers_vae, load_image_tokenizer
 from .nets import Decoder, Encoder
 from .text import BPETokenizer, ByteTokenizer, TextTokenizer, load_text_tokenizer, train_bpe
 from .training import evaluate, fit
@@ -35,6 +36,9 @@ __all__ = [
     "compute_fingerprint",
     "evaluate",
     "fit",
+    "image_tokenizer_fingerprint",
+    "is_diffusers_vae",
+    "load_image_tokenizer",
     "load_diffusers_vae",
     "load_text_tokenizer",
     "load_tokenizer",

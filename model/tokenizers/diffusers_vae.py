@@ -21,6 +21,19 @@ from pipeline.errors import ConfigError, DataError
 from .autoencoder import TokenizerOutput
 
 
+class DiffusersVAEConfig:
+    """What prep records about a diffusers VAE: kind "kl" plus the VAE's own config."""
+
+    kind = "kl"
+
+    def __init__(self, vae_config: dict) -> None:
+        self.vae_config = vae_config
+
+    def to_dict(self) -> dict:
+        return {"kind": "kl", "source": "diffusers", **{k: v for k, v in self.vae_config.items() if not k.startswith("_")},
+                "class_name": self.vae_config.get("_class_name")}
+
+
 class DiffusersVAE:
     """Adapter: diffusers AutoencoderKL -> encode(x) / decode(z) / encode_video / decode_video.
 
@@ -32,19 +45,30 @@ class DiffusersVAE:
     vocab_size = None
     temporal_compression = 1
 
-    def __init__(self, vae: Any) -> None:
+    def __init__(self, vae: Any, image_size: int = 256) -> None:
         self.vae = vae.eval()
         cfg = vae.config
         self.latent_channels = int(cfg.latent_channels)
         self.downsample = 2 ** (len(cfg.block_out_channels) - 1)
         self.scaling_factor = float(getattr(cfg, "scaling_factor", 1.0))
+        # The images it will see (a conv VAE takes any size; shapes are reported for this one).
+        self.image_size = image_size
+        self.config = DiffusersVAEConfig(dict(cfg))
 
-    def latent_shape(self, image_size: int) -> tuple[int, int, int]:
+    def to(self, device: str | torch.device) -> "DiffusersVAE":
+        self.vae.to(device)
+        return self
+
+    def eval(self) -> "DiffusersVAE":
+        self.vae.eval()
+        return self
+
+    def latent_shape(self, image_size: int | None = None) -> tuple[int, int, int]:
         """(C, h, w) of the latent of an image_size x image_size image."""
-        s = image_size // self.downsample
+        s = (image_size or self.image_size) // self.downsample
         return (self.latent_channels, s, s)
 
-    def info_budget(self, image_size: int) -> dict:
+    def info_budget(self, image_size: int | None = None) -> dict:
         values = math.prod(self.latent_shape(image_size))
         return {"kind": "kl", "latent_shape": self.latent_shape(image_size), "values": values,
                 "dtype": "float32", "bits_per_image": values * 32}
@@ -72,7 +96,8 @@ class DiffusersVAE:
         return rearrange(x, "(b t) c h w -> b t c h w", b=b)
 
 
-def load_diffusers_vae(local_dir: str | os.PathLike, dtype: torch.dtype = torch.float32) -> DiffusersVAE:
+def load_diffusers_vae(local_dir: str | os.PathLike, dtype: torch.dtype = torch.float32,
+                       image_size: int = 256) -> DiffusersVAE:
     """Load `AutoencoderKL.from_pretrained(local_dir, local_files_only=True)` wrapped as a DiffusersVAE."""
     try:
         from diffusers import AutoencoderKL  # lazy: optional dependency
@@ -92,4 +117,4 @@ def load_diffusers_vae(local_dir: str | os.PathLike, dtype: torch.dtype = torch.
         vae = AutoencoderKL.from_pretrained(str(p), local_files_only=True, torch_dtype=dtype)
     except (OSError, ValueError) as e:
         raise DataError(f"cannot load the diffusers VAE at {p}: {e}") from e
-    return DiffusersVAE(vae)
+    return DiffusersVAE(vae, image_size)
