@@ -113,6 +113,8 @@ def _check_state(cfg: PrepConfig, out_dir: Path, plan: Plan) -> None:
         previous = json.loads(path.read_text(encoding="utf-8"))
         if previous.get("digest") != digest:
             changed = sorted(k for k in state if previous.get("state", {}).get(k) != state[k])
+            if changed == ["num_units"]:
+                changed = ["the source now lists a different number of samples"]
             raise ConfigError(
                 f"{out_dir} holds shards prepared with other settings (changed: {', '.join(changed) or 'unknown'}); "
                 "use a new out_dir, or delete that folder to start over"

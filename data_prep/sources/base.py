@@ -8,6 +8,7 @@ before reading any pixels, and so a rerun after a crash assigns every item to th
 from __future__ import annotations
 
 import abc
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -92,6 +93,29 @@ class Source(abc.ABC):
             return self.load(item)
         except SampleError as exc:
             return SampleFailure(item.key, str(exc), item.ref)
+
+
+class BatchSource(Source):
+    """A source whose natural unit of reading is several items at once (a file, a row group, a
+    tar): subclasses implement `load_batch`; `load` of one item goes through it."""
+
+    def load(self, item: Item) -> Sample:
+        result = self.load_batch([item])[0]
+        if isinstance(result, SampleFailure):
+            raise SampleError(result.reason)
+        return result
+
+    @abc.abstractmethod
+    def load_batch(self, items: list[Item]) -> list[LoadResult]:
+        """Results aligned with `items`: a Sample or a SampleFailure each."""
+
+
+def group_by_file(items: list[Item]) -> dict[str, list[Item]]:
+    """Items whose `ref` starts with a file path, grouped so each file is opened once."""
+    groups: dict[str, list[Item]] = defaultdict(list)
+    for item in items:
+        groups[item.ref[0]].append(item)
+    return groups
 
 
 def list_files(root: str, suffixes: tuple[str, ...], what: str) -> tuple[Path, list[Path]]:

@@ -11,7 +11,7 @@ import numpy as np
 
 from data_prep.config import SourceConfig
 from data_prep.media import check_caption, square_resize
-from data_prep.sources.base import Item, Media, Sample, SampleFailure, Source
+from data_prep.sources.base import BatchSource, Item, Media, Sample, SampleFailure, Source
 from data_prep.sources.folders import VideoFolderSource
 from pipeline.errors import DataError, SampleError
 
@@ -95,7 +95,7 @@ class PhotosSource(TableOfSamples):
         return photo_samples(self.media.image.size)
 
 
-class NpySource(Source):
+class NpySource(BatchSource):
     """A `.npy` array of images, uint8 (N, H, W, 3), with optional captions one per line in a
     sidecar `<name>.txt`. Memory-mapped, so only the rows a worker needs are read."""
 
@@ -120,9 +120,6 @@ class NpySource(Source):
         stem = Path(self.cfg.path).stem
         for index in range(min(count, self.cfg.limit) if self.cfg.limit else count):
             yield Item(f"{stem}-{index:08d}", "image", index)
-
-    def load(self, item: Item) -> Sample:
-        return self.load_batch([item])[0]  # type: ignore[return-value]
 
     def load_batch(self, items):
         array, captions = self._array(), self._captions()

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_prep.media import decode_caption, decode_image
-from data_prep.sources.base import Item, LoadResult, Sample, SampleFailure, Source, list_files
+from data_prep.sources.base import BatchSource, Item, LoadResult, Sample, SampleFailure, list_files
 from pipeline.errors import DataError, SampleError
 
 
@@ -33,7 +33,7 @@ def image_bytes(value: Any) -> bytes:
     raise SampleError(f"image cell has type {type(value).__name__}, expected encoded image bytes")
 
 
-class ParquetSource(Source):
+class ParquetSource(BatchSource):
     """`*.parquet` files under `source.path`. Rows are read a row group at a time."""
 
     def _columns(self, schema: pa.Schema, path: Path) -> list[str]:
@@ -67,9 +67,6 @@ class ParquetSource(Source):
                     yield Item(key, "image", [str(path), group, offset])
                     row += 1
 
-    def load(self, item: Item) -> Sample:
-        return self._to_sample(item, self._read_group(item.ref[0], item.ref[1])[item.ref[2]])
-
     def load_batch(self, items: list[Item]) -> list[LoadResult]:
         by_group = defaultdict(list)
         for item in items:
@@ -99,7 +96,7 @@ class ParquetSource(Source):
         return Sample(item.key, "image", caption, pixels, {"source": f"{item.ref[0]}#{item.ref[1]}:{item.ref[2]}", **info})
 
 
-class HFDiskSource(Source):
+class HFDiskSource(BatchSource):
     """A Hugging Face dataset written with `Dataset.save_to_disk` (or a DatasetDict: its `train`
     split). Loaded offline; image columns are read undecoded so bad images become error records."""
 
@@ -129,9 +126,6 @@ class HFDiskSource(Source):
         keys = ds[self.cfg.key_column] if self.cfg.key_column else None
         for index in range(len(ds)):
             yield Item(str(keys[index]) if keys is not None else f"row-{index:09d}", "image", index)
-
-    def load(self, item: Item) -> Sample:
-        return self.load_batch([item])[0]  # type: ignore[return-value]
 
     def load_batch(self, items: list[Item]) -> list[LoadResult]:
         ds = self._dataset().select([item.ref for item in items])

@@ -5,7 +5,6 @@ and Parquet files (a text column). Documents are tokenised into the same shards 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from pathlib import Path
 from typing import Iterator
 
@@ -13,13 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_prep.media import check_caption
-from data_prep.sources.base import Item, LoadResult, Sample, SampleFailure, Source, list_files
+from data_prep.sources.base import BatchSource, Item, LoadResult, Sample, SampleFailure, group_by_file, list_files
 from pipeline.errors import SampleError
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
 
-class TextSource(Source):
+class TextSource(BatchSource):
     def list_items(self) -> Iterator[Item]:
         root, files = list_files(self.cfg.path, TEXT_SUFFIXES, "text files")
         for path in files:
@@ -43,18 +42,9 @@ class TextSource(Source):
         with open(path, "rb") as f:
             return [i for i, line in enumerate(f) if line.strip()]
 
-    def load(self, item: Item) -> Sample:
-        result = self.load_batch([item])[0]
-        if isinstance(result, SampleFailure):
-            raise SampleError(result.reason)
-        return result
-
     def load_batch(self, items: list[Item]) -> list[LoadResult]:
-        by_file: dict[str, list[Item]] = defaultdict(list)
-        for item in items:
-            by_file[item.ref[0]].append(item)
         results: dict[str, LoadResult] = {}
-        for path, file_items in by_file.items():
+        for path, file_items in group_by_file(items).items():
             try:
                 docs = self._documents(Path(path))
             except (OSError, pa.ArrowInvalid) as exc:

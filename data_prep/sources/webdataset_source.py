@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from data_prep.media import check_caption, decode_caption, decode_image
-from data_prep.sources.base import Item, LoadResult, Sample, SampleFailure, Source, list_files
+from data_prep.sources.base import BatchSource, Item, LoadResult, Sample, SampleFailure, group_by_file, list_files
 from pipeline.errors import SampleError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
@@ -27,7 +27,7 @@ def split_member(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-class WebDatasetSource(Source):
+class WebDatasetSource(BatchSource):
     def list_items(self) -> Iterator[Item]:
         root, tars = list_files(self.cfg.path, (".tar",), "webdataset .tar shards")
         for tar_path in tars:
@@ -45,18 +45,9 @@ class WebDatasetSource(Source):
             for key in sorted(exts):
                 yield Item(f"{prefix}/{key}", "image", [str(tar_path), key])
 
-    def load(self, item: Item) -> Sample:
-        result = self.load_batch([item])[0]
-        if isinstance(result, SampleFailure):
-            raise SampleError(result.reason)
-        return result
-
     def load_batch(self, items: list[Item]) -> list[LoadResult]:
-        by_tar: dict[str, list[Item]] = defaultdict(list)
-        for item in items:
-            by_tar[item.ref[0]].append(item)
         results: dict[str, LoadResult] = {}
-        for tar_path, tar_items in by_tar.items():
+        for tar_path, tar_items in group_by_file(items).items():
             wanted = {item.ref[1] for item in tar_items}
             members: dict[str, dict[str, bytes]] = defaultdict(dict)
             try:

@@ -25,6 +25,12 @@ def prep(tmp_path, tokenizer=None, name="out", **overrides):
     return cfg, run_prep(cfg)
 
 
+def npy(tmp_path, count):
+    path = tmp_path / "images.npy"
+    np.save(path, np.zeros((count, 32, 32, 3), dtype=np.uint8))
+    return path
+
+
 def all_rows(out_dir):
     return list(schema.iter_rows(out_dir))
 
@@ -57,7 +63,17 @@ def test_shapes_kl_end_to_end(tmp_path, tiny_tokenizers, local_ray):
 
 def test_changed_settings_are_refused(tmp_path, tiny_tokenizers, local_ray):
     prep(tmp_path, tiny_tokenizers["kl"], source__limit=10, shard_size=5, use_ray=False)
-    with pytest.raises(ConfigError, match="changed: image"):
+    with pytest.raises(ConfigError, match="changed: source"):
+        prep(tmp_path, tiny_tokenizers["kl"], source__limit=10, source__seed=5, shard_size=5, use_ray=False)
+    with pytest.raises(ConfigError, match="changed: num_units, shard_size"):
+        prep(tmp_path, tiny_tokenizers["kl"], source__limit=10, shard_size=4, use_ray=False)
+    prep(tmp_path, tiny_tokenizers["kl"], source__kind="npy", source__path=str(npy(tmp_path, 10)), shard_size=5,
+         source__require_caption=False, use_ray=False, name="npy")
+    # The user adds samples to the source, then reruns into the same out_dir.
+    with pytest.raises(ConfigError, match="different number of samples"):
+        prep(tmp_path, tiny_tokenizers["kl"], source__kind="npy", source__path=str(npy(tmp_path, 12)), shard_size=5,
+             source__require_caption=False, use_ray=False, name="npy")
+    with pytest.raises(ConfigError, match="trained on 32px images but image.size=64"):
         prep(tmp_path, tiny_tokenizers["kl"], source__limit=10, shard_size=5, image__size=64, use_ray=False)
 
 
