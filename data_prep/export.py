@@ -1,4 +1,4 @@
-"""Optional webdataset export of finished shards: `<out_dir>/wds/shard-XXXXXX.tar`, one tar per
+"""Optional webdataset export of finished shards: `<out_dir>/wds/shard-NNNNNN.tar`, one tar per
 Parquet shard, members per sample: `.json` (key, caption, text ids, meta), `.txt` (caption),
 `.latent.npy` / `.logvar.npy` (continuous latents) or `.codes.npy` (discrete codes)."""
 

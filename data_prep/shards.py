@@ -25,7 +25,9 @@ def verify_shards(out_dir: str | Path, tokenizer_path: str | None = None) -> lis
     problems: list[str] = []
     keys: set[str] = set()
     total = 0
-    for shard in manifest.shards:
+    from rich.progress import track
+
+    for shard in track(manifest.shards, description="verifying shards", transient=True):
         path = out_dir / shard["file"]
         if not path.is_file():
             problems.append(f"{shard['file']}: missing")
