@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -91,6 +92,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--shard-size", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=2, help="Ray runs per size, each followed by a plain run")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out"))
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -125,12 +127,19 @@ def main() -> None:
           f"batch {args.batch}, {args.shard_size} images per shard")
     print(f"Ray start-up: ray.init {init_seconds:.2f} s (once per cluster); fixed cost per pipeline {fixed:.2f} s "
           f"(a {tiny}-image run)")
-    print(f"{'images':>8} {'plain img/s':>12} {'ray img/s':>10} {'ratio':>7} {'ray img/s w/o fixed':>20} {'ratio':>7}")
+    print(f"each size: {args.rounds} Ray runs interleaved with {args.rounds + 1} plain runs (plain, ray, plain, ...); "
+          "medians shown, because this machine's speed drifts by up to 2x within minutes")
+    print(f"{'images':>8} {'plain img/s':>12} {'ray img/s':>10} {'ratio':>7} {'ray img/s w/o fixed':>20} {'ratio':>7}  runs (plain | ray)")
     for n in args.sizes:
-        plain = plain_loop(npy, n, tokenizer_dir, args.batch)
-        piped = ray_pipeline(npy, n, tokenizer_dir, out / f"ray_{n}", args.batch, args.shard_size)
+        plains = [plain_loop(npy, n, tokenizer_dir, args.batch)]
+        rays = []
+        for _ in range(args.rounds):
+            rays.append(ray_pipeline(npy, n, tokenizer_dir, out / f"ray_{n}", args.batch, args.shard_size))
+            plains.append(plain_loop(npy, n, tokenizer_dir, args.batch))
+        plain, piped = statistics.median(plains), statistics.median(rays)
         steady = n / max(n / piped - fixed, 1e-9)
-        print(f"{n:>8} {plain:>12,.0f} {piped:>10,.0f} {piped / plain:>6.2f}x {steady:>20,.0f} {steady / plain:>6.2f}x",
+        runs = " ".join(f"{p:,.0f}" for p in plains) + " | " + " ".join(f"{r:,.0f}" for r in rays)
+        print(f"{n:>8} {plain:>12,.0f} {piped:>10,.0f} {piped / plain:>6.2f}x {steady:>20,.0f} {steady / plain:>6.2f}x  {runs}",
               flush=True)
     ray.shutdown()
 
