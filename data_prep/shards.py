@@ -98,13 +98,14 @@ def inspect_shards(out_dir: str | Path, count: int = 16, tokenizer_path: str | N
         raise DataError(f"{out_dir} holds text only; nothing to decode")
     tokenizer = load_image_tokenizer(path, manifest.prep_config["image"]["size"]).eval()
     images, captions, video = [], [], None
+    has_video = any("video" in shard["modalities"] for shard in manifest.shards)
     for row in schema.iter_rows(out_dir):
         if row["modality"] == "image" and len(images) < count:
             images.append(_decode(tokenizer, row, torch))
             captions.append(f"{row['key']}\t{row['caption']}")
         elif row["modality"] == "video" and video is None:
             video = (_decode(tokenizer, row, torch), row)
-        if len(images) >= count and (video is not None or "video" not in summarize(out_dir)["modalities"]):
+        if len(images) >= count and (video is not None or not has_video):
             break
     inspect_dir = out_dir / "inspect"
     inspect_dir.mkdir(exist_ok=True)
