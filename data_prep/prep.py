@@ -84,8 +84,6 @@ def make_plan(cfg: PrepConfig, source, text_tokenizer) -> Plan:
             continue
         seen[item.key] = item.ref
         items.append(item)
-        if cfg.source.limit and cfg.source.kind not in ("shapes", "moving_shapes") and len(items) >= cfg.source.limit:
-            break
     failures = source.listing_errors + failures
     if not items:
         raise DataError(f"source {cfg.source.kind} {cfg.source.path!r} has no usable samples"

@@ -8,6 +8,7 @@ before reading any pixels, and so a rerun after a crash assigns every item to th
 from __future__ import annotations
 
 import abc
+import itertools
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from data_prep.config import ImageConfig, SourceConfig, VideoConfig
+from data_prep.config import GENERATED_SOURCES, ImageConfig, SourceConfig, VideoConfig
 from pipeline.errors import DataError, SampleError
 
 
@@ -75,7 +76,10 @@ class Source(abc.ABC):
         """Every item of the source, in a deterministic order. Problems found while listing
         (an unreadable tar or Parquet file) are collected in `listing_errors`."""
         self.listing_errors = []
-        yield from self.list_items()
+        if self.cfg.kind in GENERATED_SOURCES or not self.cfg.limit:
+            yield from self.list_items()  # generated sources make exactly `limit` samples themselves
+        else:
+            yield from itertools.islice(self.list_items(), self.cfg.limit)
 
     @abc.abstractmethod
     def list_items(self) -> Iterator[Item]:

@@ -67,8 +67,7 @@ class TableOfSamples(Source):
 
     def list_items(self) -> Iterator[Item]:
         rows = self.rows()
-        limit = self.cfg.limit or len(rows)
-        for index, (key, *_rest) in enumerate(rows[:limit]):
+        for index, (key, *_rest) in enumerate(rows):
             yield Item(key, "image", index)
 
     def load(self, item: Item) -> Sample:
@@ -118,7 +117,7 @@ class NpySource(BatchSource):
     def list_items(self) -> Iterator[Item]:
         count = len(self._array())
         stem = Path(self.cfg.path).stem
-        for index in range(min(count, self.cfg.limit) if self.cfg.limit else count):
+        for index in range(count):
             yield Item(f"{stem}-{index:08d}", "image", index)
 
     def load_batch(self, items):

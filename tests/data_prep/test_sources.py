@@ -150,3 +150,10 @@ def test_digits_photos_npy(tmp_path):
 def test_missing_path_is_clear(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_all("imagefolder", tmp_path, path=str(tmp_path / "nowhere"))
+
+
+def test_limit_keeps_the_first_items_of_any_source(image_folder, tmp_path):
+    root, keys = image_folder
+    items, ok, bad, _ = load_all("imagefolder", tmp_path, path=str(root), limit=5)
+    assert [i.key for i in items] == sorted(keys)[:5] and len(ok) == 5
+    assert len(load_all("digits", tmp_path, limit=7)[0]) == 7
