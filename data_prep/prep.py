@@ -3,7 +3,8 @@
     nodd prep --config configs/prep/shapes.toml [source.limit=5000] [ray.address=auto]
 
 Plan (driver): list every item, drop duplicate keys, cut the list into units of `shard_size`.
-Run (Ray Data): decode tasks -> encoder actor pool -> shard-writer tasks, one row per unit.
+Run (Ray Data): decode tasks -> encoder actor pool (GPU) -> shard-writer tasks, one row per unit;
+on CPU-only clusters one fused decode+encode+write actor stage (stages.FusedUnitWorker).
 Finish (driver): merge per-unit error records, check `max_error_rate`, write manifest.json.
 
 A rerun of the same command skips units whose shard exists, so a crash or `kill -9` loses at
@@ -26,7 +27,7 @@ from data_prep import schema
 from data_prep.config import PrepConfig
 from data_prep.finalize import finalize
 from data_prep.sources import Item, SampleFailure, build_source
-from data_prep.stages import UnitEncoder, UnitPayload, decode_unit, items_from_json, items_to_json, write_errors, write_unit
+from data_prep.stages import FusedUnitWorker, UnitEncoder, UnitPayload, decode_unit, items_from_json, items_to_json, write_errors, write_unit
 from pipeline.config import save_resolved
 from pipeline.errors import ConfigError, DataError
 
@@ -194,16 +195,24 @@ def _run_ray(cfg, plan, pending, source, text_tokenizer, out_dir) -> None:
 
     rows = [{"unit": u, "items": items_to_json(plan.units[u])} for u in pending]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    ds = ds.map_batches(decode, batch_size=1, num_cpus=0.5)
-    if cfg.tokenizer.path:
+    encoder_kwargs = {"tokenizer_path": str(Path(cfg.tokenizer.path).resolve()) if cfg.tokenizer.path else "",
+                      "batch_size": cfg.encode_batch_size, "latent_dtype": cfg.latent_dtype,
+                      "threads": threads, "image_size": cfg.image.size}
+    if cfg.tokenizer.path and not actor_gpus:
+        # CPU only: one fused stage (see FusedUnitWorker for why).
         ds = ds.map_batches(
-            UnitEncoder, batch_size=1, num_cpus=actor_cpus, num_gpus=actor_gpus,
-            fn_constructor_kwargs={"tokenizer_path": str(Path(cfg.tokenizer.path).resolve()),
-                                   "batch_size": cfg.encode_batch_size, "latent_dtype": cfg.latent_dtype,
-                                   "threads": threads, "image_size": cfg.image.size},
+            FusedUnitWorker, batch_size=1, num_cpus=actor_cpus,
+            fn_constructor_kwargs={"source": source, "text_tokenizer": text_tokenizer, "out_dir": out,
+                                   "fingerprints": fingerprints, **encoder_kwargs},
             compute=ray.data.ActorPoolStrategy(size=encoders),
         )
-    ds = ds.map_batches(write, batch_size=1, num_cpus=0.25)
+    else:
+        ds = ds.map_batches(decode, batch_size=1, num_cpus=0.5)
+        if cfg.tokenizer.path:
+            ds = ds.map_batches(UnitEncoder, batch_size=1, num_cpus=actor_cpus, num_gpus=actor_gpus,
+                                fn_constructor_kwargs=encoder_kwargs,
+                                compute=ray.data.ActorPoolStrategy(size=encoders))
+        ds = ds.map_batches(write, batch_size=1, num_cpus=0.25)
     budget = _ErrorBudget(cfg, plan)
     with _progress() as bar:
         task = bar.add_task("prep", total=len(pending), samples=0, errors=0)

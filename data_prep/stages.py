@@ -120,6 +120,30 @@ class UnitEncoder:
         return batch
 
 
+class FusedUnitWorker(UnitEncoder):
+    """decode -> encode -> write in one actor call: the CPU-only pipeline's single stage.
+
+    Without GPUs the decode and write tasks compete with the encoder actors for the same cores,
+    so separate stages buy no overlap; they only add idle actor time between units (pipeline
+    backpressure, moving multi-MB payloads through the object store). Fused, Ray Data just feeds
+    unit descriptors to a pool of busy actors (bench/README.md).
+    """
+
+    def __init__(self, source: Source, text_tokenizer, out_dir: str, fingerprints: dict[str, str],
+                 **encoder_kwargs):
+        super().__init__(**encoder_kwargs)
+        self.source, self.text_tokenizer = source, text_tokenizer
+        self.out_dir, self.fingerprints = Path(out_dir), fingerprints
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        summaries = []
+        for unit, items in zip(batch["unit"], batch["items"]):
+            payload = self.encode(decode_unit(int(unit), items_from_json(items), self.source, self.text_tokenizer))
+            summaries.append(write_unit(payload, self.out_dir, self.fingerprints))
+        return {"unit": batch["unit"], "rows": np.array([s["rows"] for s in summaries]),
+                "errors": np.array([s["errors"] for s in summaries])}
+
+
 def _frames(payload: UnitPayload, index: list[int]) -> int:
     return max((payload.samples[i].pixels.shape[0] for i in index), default=1)
 

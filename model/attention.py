@@ -1,0 +1,150 @@
+"""Attention backends and the per-forward context that every layer shares.
+
+  sdpa   dense boolean mask + F.scaled_dot_product_attention. The reference; any device; trains on CPU.
+  flex   FlexAttention with a block mask built from the ids. torch 2.13 has no flex backward on
+         CPU, so on CPU it serves no-grad passes only (compiled forward); on GPU it trains.
+  flash  flash-attn varlen (CUDA). Only document-causal masks: mar and discrete, never transfusion.
+  auto   the fastest valid one for device, mode and grad mode (`select_backend`).
+
+The context is built once per forward (masks are the same for every layer); a `KVCache` makes it
+process only new tokens against cached keys/values (sampling).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from model import masks
+from model.rope import rotary_angles
+from pipeline.errors import ConfigError
+
+# CPU sequences shorter than this stay on SDPA even without grad: flex's sparsity pays only on
+# long packed sequences (8x at 4,096 tokens, bench/README.md), and each new shape compiles.
+FLEX_MIN_CPU_TOKENS = 2048
+
+
+def flash_available() -> bool:
+    return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+
+
+def select_backend(requested: str, device: torch.device, bidirectional: bool, grad: bool, seq_len: int) -> str:
+    """Resolve `auto` and refuse combinations that cannot run, saying why."""
+    if requested == "flash":
+        if bidirectional:
+            raise ConfigError("attention='flash' cannot express transfusion's bidirectional image spans; "
+                              "use 'flex' or 'sdpa'")
+        if device.type != "cuda" or not flash_available():
+            raise ConfigError("attention='flash' needs a CUDA device and the flash-attn package "
+                              "(pip install 'nodd[gpu]'); use 'auto' to pick a backend that runs here")
+        return "flash"
+    if requested == "flex" and device.type == "cpu" and grad:
+        raise ConfigError("attention='flex' has no backward on CPU in torch 2.13; train on CPU with "
+                          "'sdpa' (or 'auto'), keep 'flex' for sampling and evaluation")
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "flash" if not bidirectional and flash_available() else "flex"
+    return "flex" if not grad and seq_len >= FLEX_MIN_CPU_TOKENS else "sdpa"
+
+
+class KVCache:
+    """Keys and values of every layer for B rows, grown chunk by chunk during sampling."""
+
+    def __init__(self, depth: int, batch: int, kv_heads: int, head_dim: int, max_len: int,
+                 device: torch.device | str, dtype: torch.dtype):
+        shape = (batch, kv_heads, max_len, head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(depth)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(depth)]
+        self.length = 0  # tokens stored (same for every layer once a forward finishes)
+        self.max_len = max_len
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new (B, Hkv, L, d) keys/values after the cached ones; return all of them."""
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} tokens; {end} needed")
+        self.keys[layer][:, :, self.length:end] = k
+        self.values[layer][:, :, self.length:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+    def truncate(self, length: int) -> None:
+        """Forget everything after `length` tokens (e.g. re-running an ODE step on one chunk)."""
+        self.length = length
+
+    def expand_rows(self, index: torch.Tensor) -> None:
+        """Reorder/duplicate cached rows (e.g. one prompt -> several samples)."""
+        self.keys = [k[index] for k in self.keys]
+        self.values = [v[index] for v in self.values]
+
+
+@dataclass
+class AttentionContext:
+    """What every attention layer needs for one forward, computed once."""
+
+    backend: str
+    cos: torch.Tensor  # (B, 1, Tq, head_dim/2)
+    sin: torch.Tensor
+    mask: torch.Tensor | None = None  # sdpa: (B, 1, Tq, Tk) bool
+    block_mask: object = None  # flex
+    cu_seqlens: torch.Tensor | None = None  # flash: (docs+1,) int32 over the flattened batch
+    max_seqlen: int = 0
+    cache: KVCache | None = None
+
+    @classmethod
+    def build(cls, segment_ids: torch.Tensor, span_ids: torch.Tensor, positions: torch.Tensor, *,
+              requested: str, bidirectional: bool, head_dim: int, theta: float,
+              cache: KVCache | None = None, query_len: int | None = None) -> "AttentionContext":
+        """Ids cover the whole sequence (cached part included); with a cache only the last
+        `query_len` positions are new queries, and the mask keeps their rows only."""
+        q = query_len or segment_ids.shape[1]
+        cos, sin = rotary_angles(positions[:, -q:], head_dim, theta)
+        if cache is not None:  # sampling: a few new tokens against the cache, dense mask
+            mask = masks.dense_mask(segment_ids, span_ids, bidirectional)[:, None, -q:]
+            return cls("sdpa", cos, sin, mask=mask, cache=cache)
+        backend = select_backend(requested, segment_ids.device, bidirectional, torch.is_grad_enabled(), q)
+        if backend == "sdpa":
+            return cls(backend, cos, sin, mask=masks.dense_mask(segment_ids, span_ids, bidirectional)[:, None])
+        if backend == "flex":
+            return cls(backend, cos, sin, block_mask=masks.block_mask(segment_ids, span_ids, bidirectional))
+        lengths = masks.document_lengths(segment_ids)
+        cu = F.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
+        return cls(backend, cos, sin, cu_seqlens=cu, max_seqlen=int(lengths.max()))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+    """(B, H, Tq, d) queries, (B, Hkv, Tk, d) keys/values -> (B, H, Tq, d)."""
+    if ctx.backend == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, enable_gqa=k.shape[1] != q.shape[1])
+    if ctx.backend == "flex":
+        return _compiled_flex()(q, k, v, block_mask=ctx.block_mask, enable_gqa=k.shape[1] != q.shape[1])
+    return _flash_varlen(q, k, v, ctx)
+
+
+_FLEX = None
+
+
+def _compiled_flex():
+    """FlexAttention is only fast (and on CPU only available) compiled; compile once per process."""
+    global _FLEX
+    if _FLEX is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _FLEX = torch.compile(flex_attention, dynamic=False)
+    return _FLEX
+
+
+def _flash_varlen(q, k, v, ctx: AttentionContext) -> torch.Tensor:  # pragma: no cover - CUDA only
+    from flash_attn import flash_attn_varlen_func
+
+    b, h, t, d = q.shape
+    flat = lambda x: x.transpose(1, 2).reshape(b * t, x.shape[1], d)  # noqa: E731  (B*T, heads, d)
+    out = flash_attn_varlen_func(flat(q), flat(k), flat(v), ctx.cu_seqlens, ctx.cu_seqlens,
+                                 ctx.max_seqlen, ctx.max_seqlen, causal=True)
+    return out.reshape(b, t, h, d).transpose(1, 2)

@@ -1,0 +1,297 @@
+"""The packed batch every engine consumes, and the packer that builds it from documents.
+
+A document is one of three tasks:
+
+  text        [bos] text [eos]                               loss: text
+  generate    [bos] caption [boi] <image> [eoi] [eos]        loss: caption (text) + image
+  understand  [bos] [boi] <image> [eoi] caption [eos]        loss: caption (understanding)
+
+<image> is a latent (C, H, W) or a video latent (T, C, H, W) cut into (H/p)*(W/p) patches per
+frame (continuous modes), or a grid of code ids (discrete mode). Documents are packed into rows
+without splitting; attention masks are never stored, only the ids they are derived from
+(model/masks.py): documents never see each other, text is causal, one image's tokens see each
+other bidirectionally in transfusion mode and causally otherwise.
+
+Positions are 3-D (t, h, w) multimodal RoPE positions (model/rope.py): a text token at p has
+(p, p, p); patch (ti, hi, wi) of an image starting at p0 has (p0+ti, p0+hi, p0+wi); the text after
+the image resumes at p0 + max(T, H/p, W/p).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Literal
+
+import numpy as np
+import torch
+from einops import rearrange
+
+from model.config import ModelConfig
+from pipeline.errors import ConfigError, DataError
+
+TEXT, IMAGE, VIDEO = 0, 1, 2  # modality ids
+NO_LOSS, TEXT_LOSS, UNDERSTANDING_LOSS, IMAGE_LOSS = 0, 1, 2, 3  # target kinds
+IGNORE = -100
+Task = Literal["text", "generate", "understand"]
+
+
+@dataclass
+class Document:
+    """One training document before packing. `text_ids` carry no special tokens."""
+
+    task: Task
+    text_ids: list[int]
+    latent: torch.Tensor | np.ndarray | None = None  # (C, H, W) or (T, C, H, W), continuous modes
+    codes: torch.Tensor | np.ndarray | None = None  # (H, W) or (T, H, W), discrete mode
+
+
+@dataclass
+class PackedBatch:
+    """B rows of T tokens. N = number of latent tokens in the whole batch, in row-major order."""
+
+    tokens: torch.Tensor  # (B, T) long: text ids, code ids (discrete), 0 at latent patches
+    modality: torch.Tensor  # (B, T) long: TEXT / IMAGE / VIDEO
+    segment_ids: torch.Tensor  # (B, T) long: document id within the row, 0 = padding
+    span_ids: torch.Tensor  # (B, T) long: image span id within the row (>= 1), 0 = not an image token
+    positions: torch.Tensor  # (B, T, 3) long: (t, h, w) rotary positions
+    targets: torch.Tensor  # (B, T) long: id of the next token to predict here, IGNORE = none
+    target_kind: torch.Tensor  # (B, T) long: NO_LOSS / TEXT_LOSS / UNDERSTANDING_LOSS / IMAGE_LOSS
+    latents: torch.Tensor | None  # (N, D) float: clean patch vectors (continuous modes)
+    latent_loss: torch.Tensor  # (N,) bool: latent tokens of generated images (they carry the image loss)
+    times: torch.Tensor | None  # (N,) float: diffusion time per latent token, 1 = clean (transfusion)
+    span_grid: torch.Tensor  # (S, 3) long: (T, H/p, W/p) of every span, in batch order
+
+    @property
+    def latent_mask(self) -> torch.Tensor:
+        """(B, T) bool: positions holding an image/video token."""
+        return self.modality != TEXT
+
+    @property
+    def num_tokens(self) -> int:
+        return int((self.segment_ids > 0).sum())
+
+    def to(self, device: torch.device | str) -> "PackedBatch":
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return PackedBatch(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in moved.items()})
+
+
+def patchify(latent: torch.Tensor, p: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """(C, H, W) or (T, C, H, W) -> ((T*H/p*W/p, C*p*p) patches in raster order, (T, H/p, W/p))."""
+    if latent.dim() == 3:
+        latent = latent[None]
+    if latent.dim() != 4:
+        raise DataError(f"a latent must be (C, H, W) or (T, C, H, W), got shape {tuple(latent.shape)}")
+    t, _, h, w = latent.shape
+    if h % p or w % p:
+        raise ConfigError(f"model.patch_size={p} does not divide the latent grid {h}x{w}; "
+                          f"pick a patch size that divides both")
+    patches = rearrange(latent, "t c (h p1) (w p2) -> (t h w) (c p1 p2)", p1=p, p2=p)
+    return patches, (t, h // p, w // p)
+
+
+def unpatchify(patches: torch.Tensor, grid: tuple[int, int, int], p: int, video: bool = False) -> torch.Tensor:
+    """Inverse of `patchify`: (T*h*w, C*p*p) -> (C, H, W), or (T, C, H, W) when `video`."""
+    t, h, w = grid
+    latent = rearrange(patches, "(t h w) (c p1 p2) -> t c (h p1) (w p2)", t=t, h=h, w=w, p1=p, p2=p)
+    return latent if video else latent[0]
+
+
+def grid_positions(start: int, grid: tuple[int, int, int]) -> torch.Tensor:
+    """(T*h*w, 3) positions of an image/video span that starts at `start`, raster order."""
+    t, h, w = grid
+    tt, hh, ww = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
+    return torch.stack([tt, hh, ww], -1).reshape(-1, 3) + start
+
+
+@dataclass
+class _Encoded:
+    """One document laid out as token columns (before packing)."""
+
+    tokens: list[int]
+    modality: list[int]
+    span: list[int]  # 1-based span index inside the document, 0 = text
+    positions: torch.Tensor  # (L, 3)
+    kinds: list[int]  # target kind of the prediction made AT each position
+    latents: list[torch.Tensor]  # per span (n_i, D)
+    grids: list[tuple[int, int, int]]
+    generated: list[bool]  # per span: does it carry the image loss
+
+
+class Packer:
+    """Turns documents into a `PackedBatch` for one `ModelConfig` (special ids, patching, order)."""
+
+    def __init__(self, cfg: ModelConfig, bos_id: int, eos_id: int, pad_id: int = 0):
+        self.cfg, self.bos, self.eos, self.pad = cfg, bos_id, eos_id, pad_id
+
+    def pack(self, documents: list[Document], seq_len: int | None = None,
+             generator: torch.Generator | None = None) -> PackedBatch:
+        """Pack in order, first fit, never splitting a document. `seq_len=None` makes one row
+        holding everything (no padding); otherwise rows of exactly `seq_len` tokens."""
+        if not documents:
+            raise DataError("cannot pack an empty list of documents")
+        encoded = [self.encode(d, generator) for d in documents]
+        rows: list[list[_Encoded]] = []
+        lengths: list[int] = []
+        for doc in encoded:
+            n = len(doc.tokens)
+            if seq_len is not None and n > seq_len:
+                raise DataError(f"a {n}-token document does not fit seq_len={seq_len}; raise seq_len or "
+                                "shorten captions (images cannot be split)")
+            for r, used in enumerate(lengths):
+                if seq_len is None or used + n <= seq_len:
+                    rows[r].append(doc)
+                    lengths[r] += n
+                    break
+            else:
+                rows.append([doc])
+                lengths.append(n)
+        width = seq_len if seq_len is not None else lengths[0]
+        return self._collate(rows, width, generator)
+
+    def encode(self, doc: Document, generator: torch.Generator | None = None) -> _Encoded:
+        cfg = self.cfg
+        if doc.task not in ("text", "generate", "understand"):
+            raise DataError(f"unknown document task {doc.task!r}; expected text, generate or understand")
+        out = _Encoded([], [], [], torch.zeros(0, 3, dtype=torch.long), [], [], [], [])
+        pos: list[torch.Tensor] = []
+        cursor = 0
+
+        def add_text(ids: list[int], kind: int) -> None:
+            nonlocal cursor
+            for i in ids:
+                out.tokens.append(int(i))
+                out.modality.append(TEXT)
+                out.span.append(0)
+                out.kinds.append(kind)
+            pos.append(torch.arange(cursor, cursor + len(ids)).unsqueeze(-1).expand(-1, 3))
+            cursor += len(ids)
+
+        def add_image(generated: bool) -> None:
+            nonlocal cursor
+            tokens, vectors, grid, modality = self._image_tokens(doc)
+            span_positions = grid_positions(cursor, grid)
+            if cfg.mode == "mar" and cfg.mar_order == "random" and generated:
+                order = torch.randperm(len(span_positions), generator=generator)
+                span_positions, vectors = span_positions[order], vectors[order] if vectors is not None else None
+            out.tokens.extend(tokens)
+            out.modality.extend([modality] * len(tokens))
+            out.span.extend([len(out.grids) + 1] * len(tokens))
+            # A latent token predicts the next latent token (mar, discrete); the last one predicts nothing.
+            kind = IMAGE_LOSS if generated and cfg.mode != "transfusion" else NO_LOSS
+            out.kinds.extend([kind] * (len(tokens) - 1) + [NO_LOSS])
+            pos.append(span_positions)
+            out.grids.append(grid)
+            out.generated.append(generated)
+            if vectors is not None:
+                out.latents.append(vectors)
+            cursor += max(grid)
+
+        if doc.task == "text":
+            add_text([self.bos, *doc.text_ids], TEXT_LOSS)
+            add_text([self.eos], NO_LOSS)
+        elif doc.task == "generate":
+            add_text([self.bos, *doc.text_ids], TEXT_LOSS)
+            # [boi] predicts the first image token (image loss in mar/discrete, nothing in transfusion)
+            add_text([cfg.boi_id], IMAGE_LOSS if cfg.mode != "transfusion" else NO_LOSS)
+            add_image(generated=True)
+            add_text([cfg.eoi_id], TEXT_LOSS)
+            add_text([self.eos], NO_LOSS)
+        else:
+            add_text([self.bos], NO_LOSS)
+            add_text([cfg.boi_id], NO_LOSS)
+            add_image(generated=False)
+            add_text([cfg.eoi_id, *doc.text_ids], UNDERSTANDING_LOSS)
+            add_text([self.eos], NO_LOSS)
+        out.positions = torch.cat(pos)
+        return out
+
+    def _image_tokens(self, doc: Document):
+        cfg = self.cfg
+        if cfg.mode == "discrete":
+            if doc.codes is None:
+                raise DataError("discrete mode needs image codes (prep with a vq or fsq tokenizer)")
+            codes = torch.as_tensor(np.asarray(doc.codes), dtype=torch.long)
+            codes = codes[None] if codes.dim() == 2 else codes
+            if codes.dim() != 3:
+                raise DataError(f"codes must be (H, W) or (T, H, W), got shape {tuple(codes.shape)}")
+            if int(codes.min()) < 0 or int(codes.max()) >= cfg.codebook_size:
+                raise DataError(f"image codes outside [0, {cfg.codebook_size}): the shards were made with "
+                                "another tokenizer than model.codebook_size says")
+            grid = tuple(codes.shape)
+            return (codes.flatten() + cfg.code_offset).tolist(), None, grid, VIDEO if grid[0] > 1 else IMAGE
+        if doc.latent is None:
+            raise DataError(f"{cfg.mode} mode needs continuous latents (prep with a kl tokenizer)")
+        latent = torch.as_tensor(np.asarray(doc.latent), dtype=torch.float32)
+        channels = latent.shape[-3] if latent.dim() >= 3 else -1
+        if channels != cfg.latent_channels:
+            raise DataError(f"latent of shape {tuple(latent.shape)} has {channels} channels, "
+                            f"model.latent_channels={cfg.latent_channels}")
+        video = latent.dim() == 4
+        vectors, grid = patchify(latent, cfg.patch_size)
+        return [0] * len(vectors), vectors, grid, VIDEO if video else IMAGE
+
+    def _collate(self, rows: list[list[_Encoded]], width: int, generator: torch.Generator | None) -> PackedBatch:
+        b = len(rows)
+        tokens = torch.full((b, width), self.pad, dtype=torch.long)
+        modality = torch.zeros(b, width, dtype=torch.long)
+        segment = torch.zeros(b, width, dtype=torch.long)
+        span = torch.zeros(b, width, dtype=torch.long)
+        positions = torch.zeros(b, width, 3, dtype=torch.long)
+        kinds = torch.zeros(b, width, dtype=torch.long)
+        latents, loss_flags, grids, gen_flags = [], [], [], []
+        for r, docs in enumerate(rows):
+            start, spans_so_far = 0, 0
+            for d, doc in enumerate(docs, start=1):
+                end = start + len(doc.tokens)
+                tokens[r, start:end] = torch.tensor(doc.tokens)
+                modality[r, start:end] = torch.tensor(doc.modality)
+                segment[r, start:end] = d
+                local = torch.tensor(doc.span)
+                span[r, start:end] = torch.where(local > 0, local + spans_so_far, 0)
+                positions[r, start:end] = doc.positions
+                kinds[r, start:end] = torch.tensor(doc.kinds)
+                for vectors, grid, generated in zip(doc.latents or [None] * len(doc.grids), doc.grids, doc.generated):
+                    n = math.prod(grid)
+                    if vectors is not None:
+                        latents.append(vectors)
+                    loss_flags.append(torch.full((n,), generated))
+                    grids.append(grid)
+                    gen_flags.append((n, generated))
+                spans_so_far += len(doc.grids)
+                start = end
+        # Target at i is the token at i+1 (same document); its kind was decided per position above.
+        targets = torch.full_like(tokens, IGNORE)
+        same_doc = (segment[:, 1:] == segment[:, :-1]) & (segment[:, 1:] > 0)
+        has_target = same_doc & (kinds[:, :-1] != NO_LOSS)
+        targets[:, :-1] = torch.where(has_target, tokens[:, 1:], IGNORE)
+        kinds[:, :-1] = torch.where(has_target, kinds[:, :-1], NO_LOSS)
+        kinds[:, -1] = NO_LOSS
+        latent_loss = torch.cat(loss_flags) if loss_flags else torch.zeros(0, dtype=torch.bool)
+        packed_latents = torch.cat(latents) if latents else None
+        times = None
+        if self.cfg.mode == "transfusion" and packed_latents is not None:
+            times = torch.cat([sample_times(1, self.cfg.time_sampling, generator).expand(n) if generated
+                               else torch.ones(n) for n, generated in gen_flags])
+        span_grid = torch.tensor(grids, dtype=torch.long).reshape(-1, 3)
+        return PackedBatch(tokens, modality, segment, span, positions, targets, kinds, packed_latents,
+                           latent_loss, times, span_grid)
+
+
+def grid_coordinates(positions: torch.Tensor, span_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T, 3) rotary positions -> (t, h, w) offsets inside each token's image span (0 for text):
+    the position minus the span's start, which is the smallest position of the span."""
+    b, t = span_ids.shape
+    slots = int(span_ids.max()) + 1 if span_ids.numel() else 1
+    key = (span_ids + torch.arange(b, device=span_ids.device)[:, None] * slots).reshape(-1)
+    start = torch.full((b * slots,), torch.iinfo(torch.long).max, dtype=torch.long, device=positions.device)
+    start = start.scatter_reduce(0, key, positions[..., 0].reshape(-1), reduce="amin")
+    coords = positions - start[key].reshape(b, t, 1)
+    return torch.where((span_ids > 0).unsqueeze(-1), coords, 0)
+
+
+def sample_times(n: int, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(n,) diffusion times in (0, 1): 0 = pure noise, 1 = data."""
+    if kind == "uniform":
+        return torch.rand(n, generator=generator)
+    return torch.sigmoid(torch.randn(n, generator=generator))  # logit-normal(0, 1), as in SD3

@@ -1,0 +1,164 @@
+"""ModelConfig: every knob of the mixed text-and-latent transformer, validated up front.
+
+One config serves the three generation modes (ARCHITECTURE.md, "Generation modes"); fields of
+the other modes are ignored but still validated, so switching `mode` never meets a broken value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pipeline.errors import ConfigError
+
+MODES = ("transfusion", "mar", "discrete")
+BACKENDS = ("auto", "sdpa", "flex", "flash")
+
+
+@dataclass
+class ModelConfig:
+    """Configuration of a `MultimodalModel`.
+
+    Fields:
+        mode: "transfusion" (noised latent patches, bidirectional inside an image, velocity
+            MSE), "mar" (latent tokens one by one, causal, small flow-matching MLP head per
+            token) or "discrete" (VQ/FSQ code ids after the text vocabulary, cross-entropy).
+        text_vocab_size: ids of the text tokenizer (its pad/bos/eos included). The model adds
+            begin/end-of-image ids right after it, then (discrete mode) the image codes.
+        codebook_size: discrete mode: the image tokenizer's vocabulary (VQ K or FSQ product).
+        latent_channels: continuous modes: channels C of the tokenizer's latent.
+        latent_size: side of the latent grid the data will hold (8 for 32x32 images and a 4x
+            tokenizer); checked against `patch_size` here so a bad pair fails before training.
+        patch_size: p; a latent (C, H, W) becomes (H/p)*(W/p) tokens of C*p*p values.
+            Discrete mode: codes are single tokens, so p must be 1.
+        width, depth, heads: the backbone (d_model, layers, query heads).
+        kv_heads: grouped-query attention key/value heads (0 = heads); must divide heads.
+        mlp_hidden: SwiGLU hidden size (0 = 8/3 * width rounded up to a multiple of 64).
+        qk_norm: RMSNorm on queries and keys per head (stabilises attention logits).
+        rope_theta: rotary base. Positions are 3-D (t, h, w) "multimodal RoPE": text uses the
+            same value on all three axes; image/video patches add their grid offsets to the
+            position where the image starts, and text after it resumes past the image.
+        norm_eps: RMSNorm epsilon.
+        attention: "sdpa" (dense boolean mask; reference, trains everywhere), "flex"
+            (FlexAttention block mask; on CPU forward/no-grad only), "flash" (flash-attn varlen,
+            CUDA, document-causal masks only: not transfusion), "auto" (fastest valid one).
+        conv_adapter: Transfusion's U-Net variant: a small conv block before patchifying and
+            after unpatchifying latents, instead of a bare linear projection.
+        adapter_channels: hidden channels of that conv block.
+        image_loss_weight: weight of the image loss against text cross-entropy. Transfusion's
+            lambda (the paper used 5); mar and discrete use it too (1 is their usual value).
+        time_sampling: diffusion time t in [0, 1] (0 = noise, 1 = data) during training:
+            "logit_normal" (SD3; most weight mid-path) or "uniform".
+        mar_order: mar mode: "raster", or "random" (a fresh order per image; every input also
+            carries a query for the position of the token to predict next).
+        head_width, head_depth: mar mode: the per-token MLP head (residual blocks with adaptive
+            norm on the transformer output z and the time); head_width 0 = width.
+        diffusion_batch_mul: mar mode: noise draws per token per step (MAR used 4).
+        tie_embeddings: share the input embedding with the LM output projection.
+        init_std: std of the normal init of linear and embedding weights.
+    """
+
+    mode: Literal["transfusion", "mar", "discrete"] = "transfusion"
+    text_vocab_size: int = 259
+    codebook_size: int = 0
+    latent_channels: int = 4
+    latent_size: int = 8
+    patch_size: int = 1
+    width: int = 256
+    depth: int = 4
+    heads: int = 4
+    kv_heads: int = 0
+    mlp_hidden: int = 0
+    qk_norm: bool = True
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    attention: Literal["auto", "sdpa", "flex", "flash"] = "auto"
+    conv_adapter: bool = False
+    adapter_channels: int = 64
+    image_loss_weight: float = 5.0
+    time_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
+    mar_order: Literal["raster", "random"] = "raster"
+    head_width: int = 0
+    head_depth: int = 3
+    diffusion_batch_mul: int = 4
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+
+    # ---- derived sizes -------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.kv_heads or self.heads
+
+    @property
+    def hidden(self) -> int:
+        return self.mlp_hidden or 64 * -(-(8 * self.width) // (3 * 64))
+
+    @property
+    def boi_id(self) -> int:
+        return self.text_vocab_size
+
+    @property
+    def eoi_id(self) -> int:
+        return self.text_vocab_size + 1
+
+    @property
+    def code_offset(self) -> int:
+        """Id of image code 0 in discrete mode."""
+        return self.text_vocab_size + 2
+
+    @property
+    def vocab_size(self) -> int:
+        return self.code_offset + (self.codebook_size if self.mode == "discrete" else 0)
+
+    @property
+    def patch_dim(self) -> int:
+        return self.latent_channels * self.patch_size**2
+
+    @property
+    def mar_head_width(self) -> int:
+        return self.head_width or self.width
+
+    def validate(self) -> None:
+        positive = ("text_vocab_size", "latent_channels", "latent_size", "patch_size", "width", "depth", "heads",
+                    "head_depth", "diffusion_batch_mul", "adapter_channels")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.width % self.heads:
+            raise ConfigError(f"model.width={self.width} is not divisible by model.heads={self.heads}; "
+                              "choose heads that divide the width")
+        if self.num_kv_heads < 1 or self.heads % self.num_kv_heads:
+            raise ConfigError(f"model.kv_heads={self.kv_heads} must divide model.heads={self.heads} "
+                              "(grouped-query attention shares each key/value head between heads/kv_heads queries)")
+        if self.head_dim % 2 or self.head_dim < 6:
+            raise ConfigError(f"head dim width/heads = {self.head_dim} must be even and >= 6 for 3-axis rotary "
+                              "positions; use fewer heads or a larger width")
+        if self.latent_size % self.patch_size:
+            raise ConfigError(f"model.patch_size={self.patch_size} does not divide the latent grid "
+                              f"model.latent_size={self.latent_size}; pick a divisor of {self.latent_size}")
+        if self.mode == "discrete":
+            if self.codebook_size < 2:
+                raise ConfigError("model.mode='discrete' needs model.codebook_size (the VQ/FSQ tokenizer's "
+                                  "vocabulary, e.g. 1000 for fsq levels [8, 5, 5, 5])")
+            if self.patch_size != 1:
+                raise ConfigError("model.mode='discrete' places one code per token: set model.patch_size=1")
+        if self.mode == "transfusion" and self.attention == "flash":
+            raise ConfigError(
+                "model.attention='flash' cannot run model.mode='transfusion': flash-attn varlen only "
+                "expresses document-causal masks, and transfusion attends bidirectionally inside each image. "
+                "Use attention='flex' (GPU training) or 'sdpa', or 'auto'"
+            )
+        if self.conv_adapter and self.mode != "transfusion":
+            # A 3x3 conv over a whole image would leak the next tokens into each input in mar
+            # (and discrete mode embeds code ids, not latents).
+            raise ConfigError("model.conv_adapter is transfusion-only: it sees whole images at once, which "
+                              "would show mar/discrete each token's successors")
+        if self.conv_adapter and self.adapter_channels % 8:
+            raise ConfigError(f"model.adapter_channels={self.adapter_channels} must be a multiple of 8 "
+                              "(the conv adapter uses GroupNorm with 8 groups)")
+        if self.image_loss_weight < 0 or self.init_std <= 0:
+            raise ConfigError("model.image_loss_weight must be >= 0 and model.init_std > 0")

@@ -1,0 +1,51 @@
+"""Attention masks derived from ids, as small composable rules (never stored dense in a batch).
+
+A query q may attend to a key k when both are in the same document and either k comes no later
+than q (causal), or - in bidirectional mode (transfusion) - both belong to the same image span.
+Padding has document id 0 and attends only to padding, so no row of a mask is ever empty.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def allowed(q_seg, k_seg, q_span, k_span, q_idx, k_idx, bidirectional: bool):
+    """The rule itself, on broadcastable tensors (also the FlexAttention mask_mod body)."""
+    visible = k_idx <= q_idx
+    if bidirectional:
+        visible = visible | ((q_span == k_span) & (q_span > 0))
+    return (q_seg == k_seg) & visible
+
+
+def dense_mask(segment_ids: torch.Tensor, span_ids: torch.Tensor, bidirectional: bool) -> torch.Tensor:
+    """(B, T) ids -> (B, T, T) bool, True where query row may attend to key column."""
+    t = segment_ids.shape[1]
+    idx = torch.arange(t, device=segment_ids.device)
+    return allowed(segment_ids[:, :, None], segment_ids[:, None, :], span_ids[:, :, None], span_ids[:, None, :],
+                   idx[:, None], idx[None, :], bidirectional)
+
+
+def block_mask(segment_ids: torch.Tensor, span_ids: torch.Tensor, bidirectional: bool, block_size: int = 128):
+    """FlexAttention BlockMask for the same rule: blocks that are all False are skipped entirely,
+    which is what makes flex fast on packed sequences (most blocks cross documents)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return allowed(segment_ids[b, q_idx], segment_ids[b, kv_idx], span_ids[b, q_idx], span_ids[b, kv_idx],
+                       q_idx, kv_idx, bidirectional)
+
+    b, t = segment_ids.shape
+    return create_block_mask(mask_mod, b, None, t, t, device=segment_ids.device, BLOCK_SIZE=block_size)
+
+
+def document_lengths(segment_ids: torch.Tensor) -> torch.Tensor:
+    """Lengths of the runs of equal ids over the flattened (B*T) batch (padding runs included):
+    the cu_seqlens of flash-attn varlen, where every run is one causal document."""
+    flat = segment_ids.reshape(-1)
+    row_start = torch.zeros_like(flat, dtype=torch.bool)
+    row_start[:: segment_ids.shape[1]] = True
+    starts = row_start.clone()
+    starts[1:] |= flat[1:] != flat[:-1]
+    bounds = torch.nonzero(starts).flatten()
+    return torch.diff(bounds, append=torch.tensor([flat.numel()], device=flat.device))

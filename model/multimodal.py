@@ -1,0 +1,187 @@
+"""MultimodalModel: one mixed text-and-latent transformer, three generation modes.
+
+    cfg = ModelConfig(mode="transfusion")          # or "mar", "discrete"
+    with torch.device("meta"):
+        model = MultimodalModel(cfg)
+    model.to_empty(device="cpu"); model.init_weights()
+    out = model(batch)                             # batch: model.batch.PackedBatch
+    out.loss.backward(); out.losses -> {"text", "understanding", "image"}
+
+Data flow: embed (token ids; latent patches through an adapter, plus a diffusion-time embedding
+in transfusion; plus modality embedding) -> backbone (model/transformer.py) -> heads:
+  text and understanding    LM head, next-token cross-entropy on the target positions
+  transfusion image         latent_out -> velocity, MSE against x1 - x0 on generated images
+  mar image                 the hidden state before each latent token conditions MARHead,
+                            flow matching on that token, `diffusion_batch_mul` noise draws each
+  discrete image            LM head over the code ids, cross-entropy
+Top-level children may be None (a pipeline stage that does not own them); forward skips them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model import batch as pb
+from model.adapters import LatentInput, LatentOutput, PositionQuery, TimeEmbedding
+from model.attention import AttentionContext, KVCache
+from model.config import ModelConfig
+from model.flow import noised
+from model.heads import MARHead
+from model.transformer import Backbone
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # scalar to backpropagate
+    losses: dict[str, torch.Tensor]  # detached breakdown: text, understanding, image
+    counts: dict[str, int]  # tokens behind each part of the breakdown
+
+
+class MultimodalModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        continuous = cfg.mode != "discrete"
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.modality_embeddings = nn.Embedding(3, cfg.width)
+        self.latent_in = LatentInput(cfg) if continuous else None
+        self.time_embed = TimeEmbedding(cfg.width) if cfg.mode == "transfusion" else None
+        self.position_query = PositionQuery(cfg.width) if cfg.mode == "mar" and cfg.mar_order == "random" else None
+        self.backbone = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.width, cfg.vocab_size, bias=False)
+        self.latent_out = LatentOutput(cfg) if cfg.mode == "transfusion" else None
+        self.mar_head = MARHead(cfg) if cfg.mode == "mar" else None
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_embeddings.weight
+
+    @property
+    def bidirectional(self) -> bool:
+        return self.cfg.mode == "transfusion"
+
+    def init_weights(self) -> None:
+        """Initialise every parameter (after `to_empty` from the meta device, or to reset)."""
+        std = self.cfg.init_std
+        for module in (self.tok_embeddings, self.modality_embeddings):
+            if module is not None:
+                nn.init.normal_(module.weight, std=std)
+        for part in (self.latent_in, self.time_embed, self.position_query, self.latent_out):
+            if part is None:
+                continue
+            for module in part.modules():
+                if isinstance(module, (nn.Linear, nn.Conv2d)):
+                    nn.init.normal_(module.weight, std=std)
+                    nn.init.zeros_(module.bias)
+                elif isinstance(module, nn.GroupNorm):
+                    nn.init.ones_(module.weight)
+                    nn.init.zeros_(module.bias)
+        if self.backbone is not None:
+            self.backbone.init_weights()
+        if self.lm_head is not None and not self.cfg.tie_embeddings:
+            nn.init.normal_(self.lm_head.weight, std=std)
+        if self.mar_head is not None:
+            self.mar_head.init_weights()
+
+    # ---- the shared trunk (training and sampling) ---------------------------------------------
+    def embed(self, tokens: torch.Tensor, modality: torch.Tensor, latents: torch.Tensor | None,
+              span_grid: torch.Tensor, times: torch.Tensor | None = None,
+              queries: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) ids and modality, (N, D) latent inputs for the positions where modality != TEXT,
+        (N,) diffusion times (transfusion), (B, T, 3) grid coordinates of the token each position
+        must predict next, or -1 (mar random order) -> (B, T, W)."""
+        h = self.tok_embeddings(tokens)
+        if latents is not None and latents.numel():
+            lat = self.latent_in(latents, span_grid)
+            if self.time_embed is not None:
+                lat = lat + self.time_embed(times)
+            where = (modality != pb.TEXT).unsqueeze(-1)
+            h = torch.where(where, torch.zeros_like(h).masked_scatter(where, lat.to(h.dtype)), h)
+        h = h + self.modality_embeddings(modality)
+        if self.position_query is not None and queries is not None:
+            h = h + torch.where((queries >= 0).all(-1, keepdim=True), self.position_query(queries.clamp(min=0)), 0.0)
+        return h
+
+    def context(self, segment_ids: torch.Tensor, span_ids: torch.Tensor, positions: torch.Tensor,
+                cache: KVCache | None = None, query_len: int | None = None) -> AttentionContext:
+        return AttentionContext.build(segment_ids, span_ids, positions, requested=self.cfg.attention,
+                                      bidirectional=self.bidirectional, head_dim=self.cfg.head_dim,
+                                      theta=self.cfg.rope_theta, cache=cache, query_len=query_len)
+
+    def trunk(self, h: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        return self.backbone(h, ctx) if self.backbone is not None else h
+
+    # ---- training -----------------------------------------------------------------------------
+    def forward(self, batch: pb.PackedBatch) -> StepOutput:
+        cfg = self.cfg
+        inputs, velocity_target = batch.latents, None
+        if cfg.mode == "transfusion" and batch.latents is not None:
+            inputs, velocity_target = noised(batch.latents, torch.randn_like(batch.latents), batch.times)
+        queries = next_grid_queries(batch) if self.position_query is not None else None
+        h = self.embed(batch.tokens, batch.modality, inputs, batch.span_grid, batch.times, queries)
+        h = self.trunk(h, self.context(batch.segment_ids, batch.span_ids, batch.positions))
+        return self.losses(h, batch, velocity_target)
+
+    def losses(self, h: torch.Tensor, batch: pb.PackedBatch, velocity_target: torch.Tensor | None) -> StepOutput:
+        """Loss breakdown from the backbone's (B, T, W) output."""
+        cfg = self.cfg
+        parts, counts = {}, {}
+        ce_kinds = {"text": pb.TEXT_LOSS, "understanding": pb.UNDERSTANDING_LOSS}
+        if cfg.mode == "discrete":
+            ce_kinds["image"] = pb.IMAGE_LOSS
+        has_target = batch.targets != pb.IGNORE
+        logits = self.lm_head(h[has_target]).float()  # only where a token is predicted
+        token_ce = F.cross_entropy(logits, batch.targets[has_target], reduction="none")
+        kinds = batch.target_kind[has_target]
+        zero = h.sum() * 0.0  # keeps the graph (and every engine's gradient hooks) intact
+        for name, kind in ce_kinds.items():
+            sel = kinds == kind
+            counts[name] = int(sel.sum())
+            parts[name] = token_ce[sel].mean() if counts[name] else zero
+        if cfg.mode == "transfusion":
+            parts["image"], counts["image"] = self._flow_loss(h, batch, velocity_target, zero)
+        elif cfg.mode == "mar":
+            parts["image"], counts["image"] = self._mar_loss(h, batch, zero)
+        text_sel = (kinds == pb.TEXT_LOSS) | (kinds == pb.UNDERSTANDING_LOSS)
+        text_loss = token_ce[text_sel].mean() if bool(text_sel.any()) else zero
+        loss = text_loss + cfg.image_loss_weight * parts["image"]
+        return StepOutput(loss, {k: v.detach() for k, v in parts.items()}, counts)
+
+    def _flow_loss(self, h, batch, velocity_target, zero):
+        if velocity_target is None or not bool(batch.latent_loss.any()):
+            return zero, 0
+        predicted = self.latent_out(h[batch.latent_mask], batch.span_grid).float()
+        err = (predicted - velocity_target.float()).pow(2).mean(-1)  # (N,)
+        return err[batch.latent_loss].mean(), int(batch.latent_loss.sum())
+
+    def _mar_loss(self, h, batch, zero):
+        sources = batch.target_kind == pb.IMAGE_LOSS  # positions whose next token is a generated latent
+        if batch.latents is None or not bool(sources.any()):
+            return zero, 0
+        full = torch.zeros(*batch.tokens.shape, batch.latents.shape[-1], dtype=batch.latents.dtype,
+                           device=batch.latents.device)
+        full[batch.latent_mask] = batch.latents
+        targets = full[:, 1:][sources[:, :-1]]  # (n, D): the latent right after each source
+        z = h[sources]
+        return self.mar_head_loss(z, targets), int(sources.sum())
+
+    def mar_head_loss(self, z: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+        """Flow matching on each token, `diffusion_batch_mul` noise/time draws per token (MAR)."""
+        k = self.cfg.diffusion_batch_mul
+        z, x1 = z.repeat(k, 1), x1.repeat(k, 1).float()
+        t = pb.sample_times(len(x1), self.cfg.time_sampling).to(x1.device)
+        x_t, target = noised(x1, torch.randn_like(x1), t)
+        return (self.mar_head(x_t, t, z).float() - target).pow(2).mean()
+
+
+def next_grid_queries(batch: pb.PackedBatch) -> torch.Tensor:
+    """(B, T, 3): at positions that predict a latent token, that token's grid coordinates
+    (t, h, w) inside its image; -1 elsewhere. Feeds MAR's random-order position queries."""
+    coords = pb.grid_coordinates(batch.positions, batch.span_ids)
+    queries = torch.full_like(coords, -1)
+    predicts = batch.target_kind[:, :-1] == pb.IMAGE_LOSS
+    queries[:, :-1] = torch.where(predicts.unsqueeze(-1), coords[:, 1:], -1)
+    return queries

@@ -1,0 +1,134 @@
+"""Image and video generation for the three modes, seeded, with classifier-free guidance.
+
+    images = generate_images(model, [caption_ids, ...], bos_id, grid=(1, 8, 8), steps=20, cfg_scale=3.0)
+
+  transfusion  the whole image at once: an ODE (Euler or Heun, `steps`) from noise, each step one
+               forward over the image tokens against the cached prompt
+  mar          token by token (raster or a seeded random order): the hidden state before each
+               token conditions MARHead, whose ODE (`steps`) turns noise * temperature into it
+  discrete     code by code from the LM head restricted to the codebook: temperature, top-k, top-p
+
+Guidance runs a second set of rows whose prompt is the empty caption ([bos] [boi]) and mixes
+velocities (continuous modes) or logits (discrete); scale 1 skips it and is exactly conditional.
+Returns latents (B, C, H, W) / (B, T, C, H, W) or codes (B, H, W) / (B, T, H, W).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from model import batch as pb
+from model.flow import guided, integrate
+from model.multimodal import MultimodalModel
+from model.sampling.decoder import Decoder
+from model.sampling.text import pick
+
+
+@torch.no_grad()
+def generate_images(model: MultimodalModel, captions: list[list[int]], bos_id: int,
+                    grid: tuple[int, int, int] | None = None, steps: int = 20, method: str = "euler",
+                    cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                    seed: int = 0, use_cache: bool = True) -> torch.Tensor:
+    """`grid` = (frames, H/p, W/p) in tokens; default one frame of the configured latent size."""
+    cfg = model.cfg
+    side = cfg.latent_size // cfg.patch_size
+    grid = tuple(grid or (1, side, side))
+    guidance = cfg_scale != 1.0
+    prompts = [[bos_id, *c, cfg.boi_id] for c in captions]
+    if guidance:
+        prompts += [[bos_id, cfg.boi_id]] * len(captions)
+    n = grid[0] * grid[1] * grid[2]
+    decoder = Decoder(model, prompts, n + 1, use_cache)
+    g = torch.Generator().manual_seed(seed)
+    run = {"transfusion": _transfusion, "mar": _mar, "discrete": _discrete}[cfg.mode]
+    out = run(decoder, len(captions), grid, g, steps=steps, method=method, cfg_scale=cfg_scale,
+              temperature=temperature, top_k=top_k, top_p=top_p)
+    if cfg.mode == "discrete":
+        return (out - cfg.code_offset).reshape(len(captions), *grid).squeeze(1) if grid[0] == 1 else \
+            (out - cfg.code_offset).reshape(len(captions), *grid)
+    images = [pb.unpatchify(x, grid, cfg.patch_size, video=grid[0] > 1) for x in out.cpu()]
+    return torch.stack(images)
+
+
+def _image_positions(decoder: Decoder, grid) -> torch.Tensor:
+    """(rows, N, 3) positions of an image that starts where each row's text stopped."""
+    return decoder.next_position[:, None, None] + pb.grid_positions(0, grid).to(decoder.device)
+
+
+def _split(x: torch.Tensor, b: int, scale: float) -> torch.Tensor:
+    """Combine the conditional rows [:b] with the unconditional rows [b:] (if any)."""
+    return guided(x[:b], x[b:], scale) if len(x) > b else x
+
+
+def _modality(grid) -> int:
+    return pb.VIDEO if grid[0] > 1 else pb.IMAGE
+
+
+def _transfusion(decoder: Decoder, b: int, grid, g, *, steps, method, cfg_scale, **_):
+    model, rows = decoder.model, decoder.rows
+    decoder.prefill()
+    positions = _image_positions(decoder, grid)
+    n, dim = positions.shape[1], model.cfg.patch_dim
+    tokens = torch.zeros(rows, n, dtype=torch.long, device=decoder.device)
+    span_grid = torch.tensor([grid] * rows, dtype=torch.long)
+    x0 = torch.randn(b, n, dim, generator=g).to(decoder.device)
+
+    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        both, times = x.repeat(rows // b, 1, 1), t.repeat(rows // b, 1)
+        h = decoder.append(tokens, _modality(grid), positions, latents=both, times=times, span=True, grid=grid,
+                           commit=False)
+        v = model.latent_out(h.reshape(rows * n, -1), span_grid).reshape(rows, n, dim).float()
+        return _split(v, b, cfg_scale)
+
+    return integrate(velocity, x0, steps, method)
+
+
+def _mar(decoder: Decoder, b: int, grid, g, *, steps, method, cfg_scale, temperature, **_):
+    model, rows, device = decoder.model, decoder.rows, decoder.device
+    coords = pb.grid_positions(0, grid).to(device)  # (N, 3) raster
+    n, dim = len(coords), model.cfg.patch_dim
+    random = model.cfg.mar_order == "random"
+    order = torch.stack([torch.randperm(n, generator=g) if random else torch.arange(n) for _ in range(b)])
+    order = order.repeat(rows // b, 1).to(device)  # unconditional rows follow their conditional row's order
+    query = (lambda i: coords[order[:, i]]) if random else (lambda i: None)  # noqa: E731
+    start = decoder.next_position.clone()
+    z = decoder.prefill(query(0))
+    out = torch.zeros(b, n, dim, device=device)
+    for i in range(n):
+        x0 = temperature * torch.randn(b, dim, generator=g).to(device)
+        zz = z
+
+        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            v = model.mar_head(x.repeat(rows // b, 1), t.repeat(rows // b), zz).float()
+            return _split(v, b, cfg_scale)
+
+        token = integrate(velocity, x0, steps, method)  # (b, D)
+        cells = order[:b, i]
+        out[torch.arange(b), cells] = token
+        if i == n - 1:
+            break
+        positions = (start[:, None] + coords[order[:, i]]).unsqueeze(1)  # (rows, 1, 3)
+        q = query(i + 1)
+        h = decoder.append(torch.zeros(rows, 1, dtype=torch.long, device=device), _modality(grid), positions,
+                           latents=token.repeat(rows // b, 1)[:, None], span=i == 0, grid=grid,
+                           queries=q[:, None] if q is not None else None)
+        z = h[:, -1]
+    return out
+
+
+def _discrete(decoder: Decoder, b: int, grid, g, *, cfg_scale, temperature, top_k, top_p, **_):
+    model, rows, device = decoder.model, decoder.rows, decoder.device
+    cfg = model.cfg
+    coords = pb.grid_positions(0, grid).to(device)
+    start = decoder.next_position.clone()
+    h = decoder.prefill()
+    codes = []
+    for i in range(len(coords)):
+        logits = model.lm_head(h)[:, cfg.code_offset:cfg.code_offset + cfg.codebook_size].float()
+        ids = pick(_split(logits, b, cfg_scale), temperature, top_k, top_p, g) + cfg.code_offset
+        codes.append(ids)
+        if i == len(coords) - 1:
+            break
+        positions = (start[:, None] + coords[i]).unsqueeze(1)
+        h = decoder.append(ids.repeat(rows // b)[:, None], _modality(grid), positions, span=i == 0, grid=grid)[:, -1]
+    return torch.stack(codes, 1)  # (b, N) with the offset

@@ -1,0 +1,110 @@
+"""The backbone: a decoder-only transformer (RMSNorm, SwiGLU, rotary GQA, optional qk-norm).
+
+Its interface is deliberately small so an engine can swap it (e.g. for a megatron-core
+TransformerBlock) without touching adapters and heads:
+
+    h = backbone(h, ctx)     # (B, T, width) -> (B, T, width); ctx = attention.AttentionContext
+
+Layers live in a ModuleDict keyed "0".."depth-1" so pipeline stages can drop layers by name.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.attention import AttentionContext, attend
+from model.config import ModelConfig
+from model.rope import apply_rotary
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.layer, self.heads, self.kv_heads, self.head_dim = layer, cfg.heads, cfg.num_kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.width, cfg.heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.width, self.kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.width, self.kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.heads * cfg.head_dim, cfg.width, bias=False)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+
+    def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.wq(x).view(b, t, self.heads, self.head_dim)
+        k = self.wk(x).view(b, t, self.kv_heads, self.head_dim)
+        v = self.wv(x).view(b, t, self.kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (y.transpose(1, 2) for y in (q, k, v))  # (B, heads, T, d)
+        q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
+        if ctx.cache is not None:
+            k, v = ctx.cache.update(self.layer, k, v)
+        out = attend(q, k, v, ctx)  # (B, heads, T, d)
+        return self.wo(out.transpose(1, 2).reshape(b, t, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(width, hidden, bias=False)
+        self.w3 = nn.Linear(width, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.attention_norm = RMSNorm(cfg.width, cfg.norm_eps)
+        self.attention = Attention(cfg, layer)
+        self.ffn_norm = RMSNorm(cfg.width, cfg.norm_eps)
+        self.ffn = FeedForward(cfg.width, cfg.hidden)
+
+    def forward(self, h: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        h = h + self.attention(self.attention_norm(h), ctx)
+        return h + self.ffn(self.ffn_norm(h))
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.layers = nn.ModuleDict({str(i): Block(cfg, i) for i in range(cfg.depth)})
+        self.norm = RMSNorm(cfg.width, cfg.norm_eps)
+
+    def forward(self, h: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        for block in self.layers.values():
+            h = block(h, ctx)
+        return self.norm(h) if self.norm is not None else h
+
+    def init_weights(self) -> None:
+        """Normal(init_std); residual output projections scaled by 1/sqrt(2*depth) (GPT-2)."""
+        std = self.cfg.init_std
+        for block in self.layers.values():
+            for name, module in block.named_modules():
+                if isinstance(module, nn.Linear):
+                    scale = 1 / math.sqrt(2 * self.cfg.depth) if name.endswith(("wo", "w2")) else 1.0
+                    nn.init.normal_(module.weight, std=std * scale)
+                elif isinstance(module, RMSNorm):
+                    module.reset_parameters()
+        if self.norm is not None:
+            self.norm.reset_parameters()
