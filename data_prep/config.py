@@ -109,6 +109,10 @@ class RayConfig:
     encoders: int = 0
     # GPUs per encoder actor on a cluster with GPUs (ignored without GPUs).
     gpus_per_encoder: float = 1.0
+    # Without GPUs, run decode+encode+write as one actor stage (faster on CPUs: the stages would
+    # only compete for the same cores; bench/README.md). false keeps the three stages that GPU
+    # clusters use (CPU decode tasks -> GPU encoder actors -> writer tasks).
+    fuse_cpu_stages: bool = True
 
 
 @dataclass

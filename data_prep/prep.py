@@ -198,7 +198,7 @@ def _run_ray(cfg, plan, pending, source, text_tokenizer, out_dir) -> None:
     encoder_kwargs = {"tokenizer_path": str(Path(cfg.tokenizer.path).resolve()) if cfg.tokenizer.path else "",
                       "batch_size": cfg.encode_batch_size, "latent_dtype": cfg.latent_dtype,
                       "threads": threads, "image_size": cfg.image.size}
-    if cfg.tokenizer.path and not actor_gpus:
+    if cfg.tokenizer.path and not actor_gpus and cfg.ray.fuse_cpu_stages:
         # CPU only: one fused stage (see FusedUnitWorker for why).
         ds = ds.map_batches(
             FusedUnitWorker, batch_size=1, num_cpus=actor_cpus,

@@ -8,8 +8,9 @@
                token conditions MARHead, whose ODE (`steps`) turns noise * temperature into it
   discrete     code by code from the LM head restricted to the codebook: temperature, top-k, top-p
 
-Guidance runs a second set of rows whose prompt is the empty caption ([bos] [boi]) and mixes
-velocities (continuous modes) or logits (discrete); scale 1 skips it and is exactly conditional.
+Guidance (`cfg_scale` not None) runs a second set of rows whose prompt is the empty caption
+([bos] [boi]) and mixes velocities (continuous modes) or logits (discrete) as
+uncond + scale * (cond - uncond); scale 1 gives the conditional prediction, None skips the rows.
 Returns latents (B, C, H, W) / (B, T, C, H, W) or codes (B, H, W) / (B, T, H, W).
 """
 
@@ -27,13 +28,13 @@ from model.sampling.text import pick
 @torch.no_grad()
 def generate_images(model: MultimodalModel, captions: list[list[int]], bos_id: int,
                     grid: tuple[int, int, int] | None = None, steps: int = 20, method: str = "euler",
-                    cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                    cfg_scale: float | None = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                     seed: int = 0, use_cache: bool = True) -> torch.Tensor:
     """`grid` = (frames, H/p, W/p) in tokens; default one frame of the configured latent size."""
     cfg = model.cfg
     side = cfg.latent_size // cfg.patch_size
     grid = tuple(grid or (1, side, side))
-    guidance = cfg_scale != 1.0
+    guidance = cfg_scale is not None  # even 1.0 runs the unconditional rows (tests rely on it)
     prompts = [[bos_id, *c, cfg.boi_id] for c in captions]
     if guidance:
         prompts += [[bos_id, cfg.boi_id]] * len(captions)
@@ -55,7 +56,7 @@ def _image_positions(decoder: Decoder, grid) -> torch.Tensor:
     return decoder.next_position[:, None, None] + pb.grid_positions(0, grid).to(decoder.device)
 
 
-def _split(x: torch.Tensor, b: int, scale: float) -> torch.Tensor:
+def _split(x: torch.Tensor, b: int, scale: float | None) -> torch.Tensor:
     """Combine the conditional rows [:b] with the unconditional rows [b:] (if any)."""
     return guided(x[:b], x[b:], scale) if len(x) > b else x
 
