@@ -13,7 +13,7 @@ process only new tokens against cached keys/values (sampling).
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -89,13 +89,21 @@ class AttentionContext:
     """What every attention layer needs for one forward, computed once."""
 
     backend: str
-    cos: torch.Tensor  # (B, 1, Tq, head_dim/2)
-    sin: torch.Tensor
+    rotation: torch.Tensor  # (B, 1, Tq, head_dim/2) complex rotary factors
     mask: torch.Tensor | None = None  # sdpa: (B, 1, Tq, Tk) bool
     block_mask: object = None  # flex
     cu_seqlens: torch.Tensor | None = None  # flash: (docs+1,) int32 over the flattened batch
     max_seqlen: int = 0
     cache: KVCache | None = None
+    _additive: dict = field(default_factory=dict)
+
+    def additive_mask(self, dtype: torch.dtype) -> torch.Tensor:
+        """The sdpa mask as 0 / -inf in the query dtype, made once per forward: SDPA converts a
+        boolean mask in every call, which cost more than the attention itself at 4k tokens on CPU."""
+        if dtype not in self._additive:
+            zero = torch.zeros((), dtype=dtype, device=self.mask.device)
+            self._additive[dtype] = torch.where(self.mask, zero, torch.finfo(dtype).min)
+        return self._additive[dtype]
 
     @classmethod
     def build(cls, segment_ids: torch.Tensor, span_ids: torch.Tensor, positions: torch.Tensor, *,
@@ -104,24 +112,25 @@ class AttentionContext:
         """Ids cover the whole sequence (cached part included); with a cache only the last
         `query_len` positions are new queries, and the mask keeps their rows only."""
         q = query_len or segment_ids.shape[1]
-        cos, sin = rotary_angles(positions[:, -q:], head_dim, theta)
+        rotation = rotary_angles(positions[:, -q:], head_dim, theta)
         if cache is not None:  # sampling: a few new tokens against the cache, dense mask
             mask = masks.dense_mask(segment_ids, span_ids, bidirectional)[:, None, -q:]
-            return cls("sdpa", cos, sin, mask=mask, cache=cache)
+            return cls("sdpa", rotation, mask=mask, cache=cache)
         backend = select_backend(requested, segment_ids.device, bidirectional, torch.is_grad_enabled(), q)
         if backend == "sdpa":
-            return cls(backend, cos, sin, mask=masks.dense_mask(segment_ids, span_ids, bidirectional)[:, None])
+            return cls(backend, rotation, mask=masks.dense_mask(segment_ids, span_ids, bidirectional)[:, None])
         if backend == "flex":
-            return cls(backend, cos, sin, block_mask=masks.block_mask(segment_ids, span_ids, bidirectional))
+            return cls(backend, rotation, block_mask=masks.block_mask(segment_ids, span_ids, bidirectional))
         lengths = masks.document_lengths(segment_ids)
         cu = F.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
-        return cls(backend, cos, sin, cu_seqlens=cu, max_seqlen=int(lengths.max()))
+        return cls(backend, rotation, cu_seqlens=cu, max_seqlen=int(lengths.max()))
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
     """(B, H, Tq, d) queries, (B, Hkv, Tk, d) keys/values -> (B, H, Tq, d)."""
     if ctx.backend == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, enable_gqa=k.shape[1] != q.shape[1])
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.additive_mask(q.dtype),
+                                              enable_gqa=k.shape[1] != q.shape[1])
     if ctx.backend == "flex":
         return _compiled_flex()(q, k, v, block_mask=ctx.block_mask, enable_gqa=k.shape[1] != q.shape[1])
     return _flash_varlen(q, k, v, ctx)

@@ -38,22 +38,21 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.layer, self.heads, self.kv_heads, self.head_dim = layer, cfg.heads, cfg.num_kv_heads, cfg.head_dim
-        self.wq = nn.Linear(cfg.width, cfg.heads * cfg.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.width, self.kv_heads * cfg.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.width, self.kv_heads * cfg.head_dim, bias=False)
+        # One fused q|k|v projection: one larger matmul beats three small ones on CPUs (and it is
+        # megatron-core's linear_qkv layout).
+        self.wqkv = nn.Linear(cfg.width, (cfg.heads + 2 * self.kv_heads) * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.heads * cfg.head_dim, cfg.width, bias=False)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         b, t, _ = x.shape
-        q = self.wq(x).view(b, t, self.heads, self.head_dim)
-        k = self.wk(x).view(b, t, self.kv_heads, self.head_dim)
-        v = self.wv(x).view(b, t, self.kv_heads, self.head_dim)
+        q, k, v = self.wqkv(x).view(b, t, self.heads + 2 * self.kv_heads, self.head_dim).split(
+            [self.heads, self.kv_heads, self.kv_heads], dim=2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (y.transpose(1, 2) for y in (q, k, v))  # (B, heads, T, d)
-        q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
+        q, k = apply_rotary(q, ctx.rotation), apply_rotary(k, ctx.rotation)
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer, k, v)
         out = attend(q, k, v, ctx)  # (B, heads, T, d)
@@ -61,14 +60,16 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
+    """SwiGLU with the gate and up projections fused into one matmul (w13 = [w1; w3])."""
+
     def __init__(self, width: int, hidden: int):
         super().__init__()
-        self.w1 = nn.Linear(width, hidden, bias=False)
-        self.w3 = nn.Linear(width, hidden, bias=False)
+        self.w13 = nn.Linear(width, 2 * hidden, bias=False)
         self.w2 = nn.Linear(hidden, width, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
 class Block(nn.Module):

@@ -14,7 +14,10 @@ def brute_force(segment_ids, span_ids, bidirectional):
                 seg_q, seg_k = int(segment_ids[r, q]), int(segment_ids[r, k])
                 span_q, span_k = int(span_ids[r, q]), int(span_ids[r, k])
                 same_image = span_q > 0 and span_q == span_k
-                out[r, q, k] = seg_q == seg_k and (k <= q or (bidirectional and same_image))
+                if seg_q == 0:  # padding sees only itself
+                    out[r, q, k] = q == k
+                else:
+                    out[r, q, k] = seg_q == seg_k and (k <= q or (bidirectional and same_image))
     return out
 
 

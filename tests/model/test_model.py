@@ -62,13 +62,17 @@ def test_meta_build_then_init_weights_gives_a_working_model():
 def test_text_positions_reduce_to_plain_rope():
     t, d = 10, 12
     pos = torch.arange(t)
-    cos, sin = rotary_angles(pos[None, :, None].expand(1, t, 3), d, 10000.0)
+    rotation = rotary_angles(pos[None, :, None].expand(1, t, 3), d, 10000.0)
     x = torch.randn(1, 1, t, d)
     inv = 10000.0 ** (-torch.arange(d // 2) / (d // 2))
-    ang = pos[:, None] * inv
-    x1, x2 = x[..., : d // 2], x[..., d // 2:]
-    ref = torch.cat([x1 * ang.cos() - x2 * ang.sin(), x1 * ang.sin() + x2 * ang.cos()], -1)
-    torch.testing.assert_close(apply_rotary(x, cos, sin), ref)
+    ang = pos[:, None] * inv  # (T, d/2): pair j of token p turns by p * inv[j]
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    ref = torch.stack([x1 * ang.cos() - x2 * ang.sin(), x1 * ang.sin() + x2 * ang.cos()], -1).flatten(-2)
+    torch.testing.assert_close(apply_rotary(x, rotation), ref)
+    # relative: the score between two rotated vectors depends only on their distance
+    q, k = torch.randn(d), torch.randn(d)
+    rot = lambda v, p: apply_rotary(v.view(1, 1, 1, d), rotary_angles(torch.full((1, 1, 3), p), d, 10000.0))  # noqa: E731
+    assert torch.allclose((rot(q, 7) * rot(k, 3)).sum(), (rot(q, 14) * rot(k, 10)).sum(), atol=1e-4)
 
 
 def test_dropping_children_for_pipeline_stages():
