@@ -16,7 +16,7 @@ else
 NETNS :=
 endif
 
-.PHONY: demo test install clean bench
+.PHONY: demo test install clean bench bench-prep bench-model
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,14 @@ demo: install
 test: install
 	$(NETNS) $(PY) -m pytest -q tests
 
-bench: install
+bench: bench-prep bench-model
+
+bench-prep: install
 	$(NETNS) $(PY) bench/prep.py
+
+bench-model: install
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) bench/train_step.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

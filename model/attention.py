@@ -132,21 +132,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionCont
         return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.additive_mask(q.dtype),
                                               enable_gqa=k.shape[1] != q.shape[1])
     if ctx.backend == "flex":
-        return _compiled_flex()(q, k, v, block_mask=ctx.block_mask, enable_gqa=k.shape[1] != q.shape[1])
+        flex = masks.compiled_flex("flex_attention")
+        return flex(q, k, v, block_mask=ctx.block_mask, enable_gqa=k.shape[1] != q.shape[1])
     return _flash_varlen(q, k, v, ctx)
-
-
-_FLEX = None
-
-
-def _compiled_flex():
-    """FlexAttention is only fast (and on CPU only available) compiled; compile once per process."""
-    global _FLEX
-    if _FLEX is None:
-        from torch.nn.attention.flex_attention import flex_attention
-
-        _FLEX = torch.compile(flex_attention, dynamic=False)
-    return _FLEX
 
 
 def _flash_varlen(q, k, v, ctx: AttentionContext) -> torch.Tensor:  # pragma: no cover - CUDA only

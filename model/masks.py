@@ -38,19 +38,21 @@ def block_mask(segment_ids: torch.Tensor, span_ids: torch.Tensor, bidirectional:
                        q_idx, kv_idx, bidirectional)
 
     b, t = segment_ids.shape
-    return _compiled_create_block_mask()(mask_mod, b, None, t, t, device=segment_ids.device, BLOCK_SIZE=block_size)
+    create = compiled_flex("create_block_mask")
+    return create(mask_mod, b, None, t, t, device=segment_ids.device, BLOCK_SIZE=block_size)
 
 
-_CREATE_BLOCK_MASK = None
+_COMPILED: dict[str, object] = {}
 
 
-def _compiled_create_block_mask():
-    global _CREATE_BLOCK_MASK
-    if _CREATE_BLOCK_MASK is None:
-        from torch.nn.attention.flex_attention import create_block_mask
+def compiled_flex(name: str):
+    """`flex_attention` or `create_block_mask`, torch.compile'd once per process: both are only
+    fast compiled, and on CPU flex attention runs only compiled."""
+    if name not in _COMPILED:
+        from torch.nn.attention import flex_attention
 
-        _CREATE_BLOCK_MASK = torch.compile(create_block_mask, dynamic=False)
-    return _CREATE_BLOCK_MASK
+        _COMPILED[name] = torch.compile(getattr(flex_attention, name), dynamic=False)
+    return _COMPILED[name]
 
 
 def document_lengths(segment_ids: torch.Tensor) -> torch.Tensor:
