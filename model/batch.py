@@ -149,6 +149,30 @@ class Packer:
         width = seq_len if seq_len is not None else lengths[0]
         return self._collate(rows, width, generator)
 
+    def collate(self, rows: list[list[Document]], seq_len: int,
+                generator: torch.Generator | None = None) -> PackedBatch:
+        """Rows already assigned by a caller (the training loader's best-fit packer)."""
+        encoded = [[self.encode(d, generator) for d in row] for row in rows]
+        longest = max(sum(len(d.tokens) for d in row) for row in encoded)
+        if longest > seq_len:
+            raise DataError(f"a row of {longest} tokens does not fit seq_len={seq_len}")
+        return self._collate(encoded, seq_len, generator)
+
+    def length(self, doc: Document) -> int:
+        """Tokens `doc` will take, without encoding it: specials + text + image tokens."""
+        specials = {"text": 2, "generate": 4, "understand": 4}.get(doc.task)
+        if specials is None:
+            raise DataError(f"unknown document task {doc.task!r}; expected text, generate or understand")
+        if doc.task == "text":
+            return specials + len(doc.text_ids)
+        image = doc.codes if self.cfg.mode == "discrete" else doc.latent
+        if image is None:
+            raise DataError(f"{self.cfg.mode} mode needs {'codes' if self.cfg.mode == 'discrete' else 'latents'}")
+        shape = tuple(image.shape)
+        p = self.cfg.patch_size if self.cfg.mode != "discrete" else 1
+        frames = shape[0] if len(shape) == (3 if self.cfg.mode == "discrete" else 4) else 1
+        return specials + len(doc.text_ids) + frames * (shape[-2] // p) * (shape[-1] // p)
+
     def encode(self, doc: Document, generator: torch.Generator | None = None) -> _Encoded:
         cfg = self.cfg
         if doc.task not in ("text", "generate", "understand"):

@@ -4,6 +4,7 @@ runs inside a loopback-only network namespace (`make test`), so Ray binds only 1
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -22,3 +23,21 @@ def local_ray():
     init_ray(RayConfig())
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizers(tmp_path_factory) -> dict[str, Path]:
+    """Untrained (randomly initialised) KL and FSQ tokenizers, saved like trained ones: prep
+    only needs a deterministic encoder, not a good one."""
+    import torch
+
+    from model.tokenizers import ImageTokenizer, TokenizerConfig, save_tokenizer
+
+    root = tmp_path_factory.mktemp("tokenizers")
+    paths = {}
+    for kind in ("kl", "fsq", "vq"):
+        torch.manual_seed(0)
+        tok = ImageTokenizer(TokenizerConfig(kind=kind, image_size=32, downsample=4, channels=16))
+        save_tokenizer(tok, root / kind)
+        paths[kind] = root / kind
+    return paths

@@ -1,4 +1,5 @@
-"""Fixtures for data_prep tests: folders of good and deliberately bad media, tiny tokenizers."""
+"""Fixtures for data_prep tests: folders of good and deliberately bad media (tiny tokenizers are
+suite-wide, in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -19,21 +20,3 @@ def bad_image_folder(tmp_path) -> Path:
     root = tmp_path / "bad_images"
     write_bad_image_folder(root)
     return root
-
-
-@pytest.fixture(scope="session")
-def tiny_tokenizers(tmp_path_factory) -> dict[str, Path]:
-    """Untrained (randomly initialised) KL and FSQ tokenizers, saved like trained ones: prep
-    only needs a deterministic encoder, not a good one."""
-    import torch
-
-    from model.tokenizers import ImageTokenizer, TokenizerConfig, save_tokenizer
-
-    root = tmp_path_factory.mktemp("tokenizers")
-    paths = {}
-    for kind in ("kl", "fsq", "vq"):
-        torch.manual_seed(0)
-        tok = ImageTokenizer(TokenizerConfig(kind=kind, image_size=32, downsample=4, channels=16))
-        save_tokenizer(tok, root / kind)
-        paths[kind] = root / kind
-    return paths

@@ -103,3 +103,17 @@ def test_bad_documents_are_data_errors():
         packer(d).pack([Document("generate", [1], codes=torch.full((4, 4), 99))])
     with pytest.raises(DataError, match="task"):
         packer(d).pack([Document("caption", [1])])
+
+
+def test_length_matches_encoding_and_collate_keeps_rows():
+    for mode in ("transfusion", "discrete"):
+        cfg = tiny_config(mode, patch_size=2 if mode == "transfusion" else 1)
+        docs = documents(cfg) + documents(cfg, video=True)
+        p = packer(cfg)
+        assert [p.length(d) for d in docs] == [len(p.encode(d).tokens) for d in docs]
+    cfg = tiny_config("transfusion")
+    docs = documents(cfg)
+    b = packer(cfg).collate([[docs[0], docs[3]], [docs[1]]], seq_len=40)
+    assert b.tokens.shape == (2, 40) and b.segment_ids[0].max() == 2 and b.segment_ids[1].max() == 1
+    with pytest.raises(DataError, match="does not fit"):
+        packer(cfg).collate([docs], seq_len=40)

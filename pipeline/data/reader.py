@@ -1,0 +1,105 @@
+"""ShardReader: the rows of one data-parallel rank, in a deterministic shuffled order, resumable.
+
+Each epoch the shards are permuted by (seed, epoch); rank r reads every world-th shard of that
+order (or, with fewer shards than ranks, every world-th row of every shard), then a shuffle
+buffer mixes rows across shards. The reader never ends: it moves on to the next epoch, so ranks
+with a shard more or less than others keep stepping in lockstep.
+
+`state_dict()` captures everything (epoch, position, buffer contents, RNG) so a resumed run reads
+exactly the rows an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from data_prep import schema
+from pipeline.errors import DataError
+
+COLUMNS = ["key", "modality", "caption", "text_ids", "latent", "latent_logvar", "latent_shape", "latent_dtype",
+           "codes", "codes_shape", "codes_dtype"]
+
+
+class ShardReader:
+    def __init__(self, shard_dirs: list[str], rank: int = 0, world: int = 1, seed: int = 0, shuffle_buffer: int = 0):
+        self.shards: list[tuple[Path, dict[str, Any]]] = []
+        self.manifests: list[schema.Manifest] = []
+        for folder in shard_dirs:
+            manifest = schema.Manifest.read(folder)
+            self.manifests.append(manifest)
+            for shard in manifest.shards:
+                path = Path(folder) / shard["file"]
+                if not path.is_file():
+                    raise DataError(f"shard {path} listed in {Path(folder) / schema.MANIFEST} is missing; "
+                                    "restore it or rerun `nodd prep` with the same config (it redoes missing units)")
+                self.shards.append((path, shard))
+        if not self.shards:
+            raise DataError(f"no shards in {', '.join(shard_dirs)}")
+        self.rank, self.world, self.seed, self.buffer_size = rank, world, seed, shuffle_buffer
+        self.epoch, self.cursor, self.row = 0, 0, 0  # position: epoch, index into this epoch's shards, row in shard
+        self.buffer: list[dict[str, Any]] = []
+        self.rng = np.random.default_rng([seed, rank, 1])
+        self._loaded: tuple[tuple[int, int], list[dict[str, Any]]] | None = None  # ((shard, offset), rows)
+        self._verified: set[int] = set()
+
+    # ---- order --------------------------------------------------------------------------------
+    def _epoch_shards(self, epoch: int) -> list[int]:
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards)).tolist()
+        return order[self.rank::self.world] if len(self.shards) >= self.world else order
+
+    def _rows_of(self, index: int, offset: int) -> list[dict[str, Any]]:
+        """Rows of shard `index` for this rank; `offset` = rows before it in this epoch's order."""
+        if self._loaded is None or self._loaded[0] != (index, offset):
+            path, info = self.shards[index]
+            if index not in self._verified:  # once per process: a corrupt shard is a clear error
+                if schema.sha256_file(path) != info.get("sha256"):
+                    raise DataError(f"{path} does not match the sha256 in its manifest (corrupt or replaced); "
+                                    f"run `nodd shards verify {path.parent}` and rerun prep for the bad units")
+                self._verified.add(index)
+            rows = pq.read_table(path, columns=COLUMNS).to_pylist()
+            if len(self.shards) < self.world:  # fewer shards than ranks: stripe the epoch's rows
+                rows = rows[(self.rank - offset) % self.world::self.world]
+            self._loaded = ((index, offset), rows)
+        return self._loaded[1]
+
+    def _next_in_order(self) -> dict[str, Any]:
+        for _ in range(len(self.shards) + 2):  # at most one full pass of empty shards/epochs
+            shards = self._epoch_shards(self.epoch)
+            if self.cursor >= len(shards):
+                self.epoch, self.cursor, self.row = self.epoch + 1, 0, 0
+                continue
+            offset = sum(self.shards[i][1]["rows"] for i in shards[:self.cursor])
+            rows = self._rows_of(shards[self.cursor], offset)
+            if self.row < len(rows):
+                self.row += 1
+                return rows[self.row - 1]
+            self.cursor, self.row = self.cursor + 1, 0
+        raise DataError(f"rank {self.rank} of {self.world} gets no rows from these shards")
+
+    def next(self) -> dict[str, Any]:
+        if self.buffer_size <= 0:
+            return self._next_in_order()
+        while len(self.buffer) < self.buffer_size:
+            self.buffer.append(self._next_in_order())
+        i = int(self.rng.integers(len(self.buffer)))
+        row, self.buffer[i] = self.buffer[i], self._next_in_order()
+        return row
+
+    # ---- resume -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "cursor": self.cursor, "row": self.row, "buffer": list(self.buffer),
+                "rng": self.rng.bit_generator.state, "rank": self.rank, "world": self.world}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if (state["rank"], state["world"]) != (self.rank, self.world):
+            # Another data-parallel layout: positions do not carry over; start this rank at the
+            # saved epoch so no rank re-reads the epochs already seen.
+            self.epoch, self.cursor, self.row, self.buffer = state["epoch"] + 1, 0, 0, []
+            return
+        self.epoch, self.cursor, self.row = state["epoch"], state["cursor"], state["row"]
+        self.buffer = list(state["buffer"])
+        self.rng.bit_generator.state = state["rng"]

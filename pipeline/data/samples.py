@@ -1,0 +1,126 @@
+"""SampleBuilder: one shard row -> one model Document, plus the checks that the shards fit the
+model and tokenizers the run uses.
+
+An image row becomes a generation document (caption -> image), an understanding document
+(image -> caption) or a plain-text document (its caption), drawn by the configured weights;
+generation captions are dropped with `caption_dropout` (classifier-free guidance). Continuous
+latents are drawn from the stored KL posterior and standardised per channel with the manifest's
+statistics (`LatentNorm`; samplers invert it before decoding). Text rows are text documents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from data_prep import schema
+from model.batch import Document
+from model.config import ModelConfig
+from pipeline.data.config import DataConfig
+from pipeline.errors import DataError
+
+TASKS = ("generate", "understand", "text")
+
+
+@dataclass
+class LatentNorm:
+    """Per-channel standardisation of continuous latents (channel axis -3)."""
+
+    mean: np.ndarray  # (C,)
+    std: np.ndarray  # (C,)
+
+    @classmethod
+    def from_manifests(cls, manifests: list[schema.Manifest]) -> "LatentNorm | None":
+        stats = [m.latent_stats for m in manifests if m.latent_stats.get("count")]
+        if not stats:
+            return None
+        counts = np.array([s["count"] for s in stats], dtype=np.float64)
+        means = np.array([s["mean"] for s in stats])
+        second = np.array([np.square(s["std"]) + np.square(s["mean"]) for s in stats])
+        mean = (means * counts[:, None]).sum(0) / counts.sum()
+        var = (second * counts[:, None]).sum(0) / counts.sum() - mean**2
+        return cls(mean.astype(np.float32), np.sqrt(np.maximum(var, 1e-8)).astype(np.float32))
+
+    def normalise(self, latent: np.ndarray) -> np.ndarray:
+        return (latent - self.mean[:, None, None]) / self.std[:, None, None]
+
+    def denormalise(self, latent):
+        """Numpy arrays or torch tensors whose channel axis is -3 ((C, H, W), (B, C, H, W), ...)."""
+        if isinstance(latent, np.ndarray):
+            return latent * self.std[:, None, None] + self.mean[:, None, None]
+        import torch
+
+        std = torch.as_tensor(self.std, dtype=latent.dtype, device=latent.device).view(-1, 1, 1)
+        mean = torch.as_tensor(self.mean, dtype=latent.dtype, device=latent.device).view(-1, 1, 1)
+        return latent * std + mean
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+
+def check_tokenizers(cfg: DataConfig, manifests: list[schema.Manifest], model: ModelConfig) -> None:
+    """Refuse shards made with another tokenizer than this run decodes with, and shards that do not
+    fit the model (latent channels, codebook size, text vocabulary), before any step runs."""
+    from model.tokenizers import image_tokenizer_fingerprint, load_text_tokenizer
+
+    text = load_text_tokenizer(cfg.text_tokenizer)
+    for m, folder in zip(manifests, cfg.shard_dirs):
+        if m.text_tokenizer.get("fingerprint") != text.fingerprint:
+            raise DataError(f"{folder} was tokenised with text tokenizer {m.text_tokenizer.get('spec')!r}, not "
+                            f"data.text_tokenizer={cfg.text_tokenizer!r}; use the same one or re-run prep")
+        if text.vocab_size != model.text_vocab_size:
+            raise DataError(f"text tokenizer has {text.vocab_size} ids, model.text_vocab_size="
+                            f"{model.text_vocab_size}; set them equal")
+        image = m.tokenizer
+        if not image:
+            continue
+        path = cfg.tokenizer or image.get("path", "")
+        try:
+            found = image_tokenizer_fingerprint(path)
+        except Exception as exc:  # noqa: BLE001 - any unreadable tokenizer is the same user problem
+            raise DataError(f"cannot read the image tokenizer at {path!r} ({exc}); set data.tokenizer to the "
+                            "folder the shards were made with") from None
+        if found != image.get("fingerprint"):
+            raise DataError(f"{folder} was encoded with another image tokenizer than {path} (fingerprints "
+                            "differ: retrained or replaced); point data.tokenizer at the one used for prep, "
+                            "or re-run prep with this one")
+        kind = image.get("kind")
+        if model.mode == "discrete" and kind not in ("vq", "fsq"):
+            raise DataError(f"model.mode='discrete' needs vq/fsq codes but {folder} holds {kind} latents")
+        if model.mode != "discrete" and kind in ("vq", "fsq"):
+            raise DataError(f"model.mode={model.mode!r} needs continuous (kl) latents but {folder} holds {kind} codes")
+        if model.mode == "discrete" and image.get("vocab_size") != model.codebook_size:
+            raise DataError(f"shards have {image.get('vocab_size')} codes, model.codebook_size={model.codebook_size}")
+        shape = image.get("latent_shape") or []
+        if model.mode != "discrete" and shape and shape[0] != model.latent_channels:
+            raise DataError(f"shards have {shape[0]} latent channels, model.latent_channels={model.latent_channels}")
+
+
+class SampleBuilder:
+    def __init__(self, cfg: DataConfig, model: ModelConfig, norm: LatentNorm | None):
+        weights = np.array([cfg.text_to_image, cfg.image_to_text, cfg.text_only], dtype=np.float64)
+        self.weights = weights / weights.sum()
+        self.cfg, self.mode, self.norm = cfg, model.mode, norm if cfg.normalise_latents else None
+
+    def build(self, row: dict[str, Any], rng: np.random.Generator) -> Document:
+        text_ids = list(row["text_ids"] or [])
+        if row["modality"] == "text":
+            return Document("text", text_ids)
+        task = TASKS[int(rng.choice(3, p=self.weights))]
+        if task == "text":
+            return Document("text", text_ids)
+        if task == "generate" and rng.random() < self.cfg.caption_dropout:
+            text_ids = []
+        if self.mode == "discrete":
+            if not row.get("codes"):
+                raise DataError(f"row {row['key']} has no codes; discrete mode needs shards made by a vq/fsq tokenizer")
+            return Document(task, text_ids, codes=schema.decode_codes(row).astype(np.int64))
+        mean, logvar = schema.decode_latent(row)
+        latent = mean.astype(np.float32)
+        if self.cfg.sample_latents and logvar is not None:
+            latent = latent + np.exp(0.5 * logvar.astype(np.float32)) * rng.standard_normal(latent.shape, np.float32)
+        if self.norm is not None:
+            latent = self.norm.normalise(latent).astype(np.float32)
+        return Document(task, text_ids, latent=latent)
