@@ -37,18 +37,22 @@ class RMSNorm(nn.Module):
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
-        self.layer, self.heads, self.kv_heads, self.head_dim = layer, cfg.heads, cfg.num_kv_heads, cfg.head_dim
-        # One fused q|k|v projection: one larger matmul beats three small ones on CPUs (and it is
-        # megatron-core's linear_qkv layout).
-        self.wqkv = nn.Linear(cfg.width, (cfg.heads + 2 * self.kv_heads) * cfg.head_dim, bias=False)
+        self.layer, self.head_dim = layer, cfg.head_dim
+        self.group = cfg.heads // cfg.num_kv_heads  # query heads per key/value head
+        # One fused projection, grouped per key/value head: [q_1..q_group, k, v] for each kv head
+        # (megatron-core's linear_qkv layout). One larger matmul beats three small ones on CPUs,
+        # and a column-wise tensor-parallel shard then holds whole groups: its own q, k and v.
+        self.wqkv = nn.Linear(cfg.width, cfg.num_kv_heads * (self.group + 2) * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.heads * cfg.head_dim, cfg.width, bias=False)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         b, t, _ = x.shape
-        q, k, v = self.wqkv(x).view(b, t, self.heads + 2 * self.kv_heads, self.head_dim).split(
-            [self.heads, self.kv_heads, self.kv_heads], dim=2)
+        # -1: the kv heads held here (all of them, or this rank's under tensor parallelism)
+        qkv = self.wqkv(x).view(b, t, -1, self.group + 2, self.head_dim)
+        q = qkv[..., :self.group, :].reshape(b, t, -1, self.head_dim)  # (B, T, heads, d)
+        k, v = qkv[..., self.group, :], qkv[..., self.group + 1, :]  # (B, T, kv_heads, d)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (y.transpose(1, 2) for y in (q, k, v))  # (B, heads, T, d)
@@ -60,7 +64,9 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """SwiGLU with the gate and up projections fused into one matmul (w13 = [w1; w3])."""
+    """SwiGLU with the gate and up projections fused into one matmul, rows interleaved
+    (w13 = [w1_0, w3_0, w1_1, w3_1, ...]) so a column-wise tensor-parallel shard holds matching
+    gate and up units, and the backward writes both gradients without a concatenation."""
 
     def __init__(self, width: int, hidden: int):
         super().__init__()
@@ -68,7 +74,7 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(hidden, width, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.w13(x).chunk(2, dim=-1)
+        gate, up = self.w13(x).unflatten(-1, (-1, 2)).unbind(-1)
         return self.w2(F.silu(gate) * up)
 
 

@@ -1,0 +1,59 @@
+"""Process-group set-up shared by every engine: backend by device, rank/world from the
+environment torchrun or srun provides, and a clean exit that dodges gloo's shutdown crash.
+
+Facts (ENVIRONMENT.md): on CPU use gloo with MASTER_ADDR=127.0.0.1; a gloo process sometimes dies
+at interpreter exit with "terminate called without an active exception" after correct results.
+A barrier, flushed output and `os._exit` avoid it, so CI never goes red at random.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group described by the environment (single process when there is none)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+    if world > 1 and not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        os.environ.setdefault("RANK", str(rank))
+        os.environ.setdefault("WORLD_SIZE", str(world))
+        dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=rank, world_size=world)
+    return DistInfo(rank, world, local_rank, torch.device(device, local_rank) if device == "cuda" else torch.device(device))
+
+
+def exit_process(code: int = 0) -> None:
+    """End a distributed worker: wait for every rank, flush, then leave without interpreter
+    teardown (gloo's worker threads can abort the process during it)."""
+    if dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    sys.exit(code)

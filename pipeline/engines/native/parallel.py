@@ -1,0 +1,74 @@
+"""ParallelConfig: the parallel degrees, checked once against the world size and the model, and
+turned into a named DeviceMesh (no process-group globals).
+
+Mesh dimensions, outermost first: pp, dp_replicate, dp_shard, tp (tensor parallel innermost: it
+talks most, so its ranks are neighbours, on one node where possible).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.errors import ConfigError
+
+
+@dataclass
+class ParallelConfig:
+    """The `parallel` section of a train config.
+
+    Fields:
+        dp_replicate: data-parallel replicas (HSDP's replicate dimension; plain DDP-like copies).
+        dp_shard: data-parallel ranks that shard parameters, gradients and optimizer state (FSDP2);
+            -1 = whatever the world size leaves after the other degrees.
+        tp: tensor-parallel ranks (attention heads and MLP units split column/row-wise).
+        pp: pipeline stages (blocks cut at layer boundaries).
+    """
+
+    dp_replicate: int = 1
+    dp_shard: int = -1
+    tp: int = 1
+    pp: int = 1
+
+    def resolved(self, world: int) -> "ParallelConfig":
+        """Fill dp_shard=-1 from the world size and check the product equals it."""
+        for name in ("dp_replicate", "tp", "pp"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"parallel.{name} must be >= 1, got {getattr(self, name)}")
+        others = self.dp_replicate * self.tp * self.pp
+        dp_shard = self.dp_shard
+        if dp_shard == -1:
+            if world % others:
+                raise ConfigError(f"world size {world} is not divisible by dp_replicate*tp*pp = {others}; "
+                                  "change the degrees or the number of processes")
+            dp_shard = world // others
+        if dp_shard < 1 or dp_shard * others != world:
+            raise ConfigError(
+                f"parallel degrees dp_replicate={self.dp_replicate} x dp_shard={dp_shard} x tp={self.tp} x "
+                f"pp={self.pp} = {dp_shard * others} do not match the world size {world}; make their product "
+                f"{world} (or set parallel.dp_shard=-1 to fill it)")
+        return ParallelConfig(self.dp_replicate, dp_shard, self.tp, self.pp)
+
+    @property
+    def dp(self) -> int:
+        return self.dp_replicate * max(self.dp_shard, 1)
+
+    def check_model(self, model) -> None:
+        """Degrees the model's shapes must allow (model: a ModelConfig)."""
+        if model.num_kv_heads % self.tp:
+            raise ConfigError(f"parallel.tp={self.tp} must divide the key/value heads ({model.num_kv_heads}) "
+                              f"and heads ({model.heads}): each rank holds whole head groups")
+        if model.hidden % self.tp:
+            raise ConfigError(f"parallel.tp={self.tp} must divide the MLP hidden size {model.hidden}")
+        if model.depth % self.pp:
+            raise ConfigError(f"parallel.pp={self.pp} must divide model.depth={model.depth} (stages hold whole blocks)")
+
+    def build_mesh(self, device_type: str):
+        """A DeviceMesh with every dimension named (size-1 ones included, so code can always ask
+        for mesh["tp"]); plus the flattened "dp" dimension for data loading and loss averaging."""
+        from torch.distributed.device_mesh import init_device_mesh
+
+        names = ("pp", "dp_replicate", "dp_shard", "tp")
+        shape = (self.pp, self.dp_replicate, self.dp_shard, self.tp)
+        mesh = init_device_mesh(device_type, shape, mesh_dim_names=names)
+        mesh["dp_replicate", "dp_shard"]._flatten("dp")
+        return mesh

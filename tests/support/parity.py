@@ -1,0 +1,103 @@
+"""Distributed parity workers (spawned with gloo on CPU) and their one-process reference.
+
+A layout trains a tiny model for a few AdamW steps; every data-parallel rank gets its own
+batches, every tensor-parallel rank of it the same ones and the same noise seeds. The reference
+runs in one process on the same weights: per step, the mean over the data-parallel ranks'
+losses (what FSDP's averaged gradients optimise).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from model.batch import Document, Packer
+from model.config import ModelConfig
+from model.multimodal import MultimodalModel
+
+
+def tiny_cfg(mode: str = "transfusion") -> ModelConfig:
+    return ModelConfig(mode=mode, width=64, depth=2, heads=4, kv_heads=2, latent_channels=4, latent_size=4,
+                       head_width=32, head_depth=1, codebook_size=16 if mode == "discrete" else 0, attention="sdpa")
+
+
+def build(cfg: ModelConfig) -> MultimodalModel:
+    torch.manual_seed(0)
+    model = MultimodalModel(cfg)
+    model.init_weights()
+    return model
+
+
+def batches(cfg: ModelConfig, dp_rank: int, steps: int):
+    g = torch.Generator().manual_seed(100 + dp_rank)
+    packer = Packer(cfg, 257, 258, 256)
+    out = []
+    for _ in range(steps):
+        docs = []
+        for task in ("generate", "understand", "text", "generate"):
+            caption = torch.randint(0, 256, (int(torch.randint(3, 12, (1,), generator=g)),), generator=g).tolist()
+            image = ({"codes": torch.randint(0, 16, (4, 4), generator=g)} if cfg.mode == "discrete"
+                     else {"latent": torch.randn(4, 4, 4, generator=g)})
+            docs.append(Document(task, caption, **(image if task != "text" else {})))
+        out.append(packer.pack(docs, seq_len=48, generator=g))
+    return out
+
+
+def reference_losses(layout: dict, world: int, steps: int, mode: str) -> list[float]:
+    from pipeline.engines.native.parallel import ParallelConfig
+
+    dp = ParallelConfig(**layout).resolved(world).dp
+    cfg = tiny_cfg(mode)
+    model = build(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=False)
+    data = [batches(cfg, r, steps) for r in range(dp)]
+    losses = []
+    for step in range(steps):
+        total = 0.0
+        for r in range(dp):
+            torch.manual_seed(1000 * step + r)
+            loss = model(data[r][step]).loss / dp
+            loss.backward()
+            total += float(loss.detach())
+        opt.step()
+        opt.zero_grad()
+        losses.append(total)
+    return losses
+
+
+def worker(rank: int, world: int, layout: dict, steps: int, mode: str, port: int, out_path: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from pipeline.distributed import exit_process, init_distributed
+    from pipeline.engines.native.parallel import ParallelConfig
+    from pipeline.engines.native.parallelize import parallelize, sync_partial_grads
+
+    init_distributed("cpu")
+    pcfg = ParallelConfig(**layout).resolved(world)
+    cfg = tiny_cfg(mode)
+    pcfg.check_model(cfg)
+    mesh = pcfg.build_mesh("cpu")
+    model = parallelize(build(cfg), mesh, pcfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=False)
+    dp_rank = mesh["dp"].get_local_rank()
+    data = batches(cfg, dp_rank, steps)
+    losses = []
+    for step in range(steps):
+        torch.manual_seed(1000 * step + dp_rank)
+        loss = model(data[step]).loss
+        loss.backward()
+        sync_partial_grads(model, mesh, pcfg)
+        opt.step()
+        opt.zero_grad()
+        mean = loss.detach().clone()
+        dist.all_reduce(mean, group=mesh["dp"].get_group())
+        losses.append(float(mean) / pcfg.dp)
+    if rank == 0:
+        with open(out_path, "w", encoding="utf-8") as f:
+            json.dump(losses, f)
+    exit_process(0)
