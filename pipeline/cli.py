@@ -5,6 +5,7 @@ Heavy imports (torch, ray) happen inside the handlers, so `nodd --help` stays fa
     nodd prep --config configs/prep/shapes.toml [key=value ...]
     nodd shards verify DIR [--tokenizer PATH]
     nodd shards inspect DIR [--count N] [--tokenizer PATH]
+    nodd train --config configs/train/shapes.toml [--nproc N] [--resume] [key=value ...]
     nodd demo [--out runs/demo]
 
 Exit status: 0 on success, 1 with a one-line reason on a nodd error, 130 when interrupted.
@@ -45,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("dir")
     inspect.add_argument("--count", type=int, default=16, help="images to decode (default 16)")
     inspect.add_argument("--tokenizer", help="decode with this tokenizer instead of the manifest's")
+
+    train = commands.add_parser("train", help="train the multimodal model (native engine; one or many processes)")
+    train.add_argument("--config", help="TOML file (see configs/train/)")
+    train.add_argument("--nproc", type=int, default=0,
+                       help="start N local processes with torchrun (default: use the environment torchrun/srun set)")
+    train.add_argument("--resume", action="store_true", help="continue from the run_dir's latest checkpoint")
+    train.add_argument("overrides", nargs="*", help="config overrides like train.steps=100 parallel.tp=2")
 
     demo = commands.add_parser("demo", help="the main job on built-in data: tokenizer, prep, verify, inspect")
     demo.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
@@ -109,6 +117,31 @@ def _shards(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from pipeline.config import load_config
+    from pipeline.train.config import TrainConfig
+    from pipeline.train.launch import already_distributed, launch_local
+
+    cfg = load_config(TrainConfig, args.config, args.overrides)  # fail here, before starting processes
+    if args.nproc > 1 and not already_distributed():
+        return launch_local(args.nproc, sys.argv[1:])
+    import torch.distributed as dist
+
+    from pipeline.distributed import exit_process
+    from pipeline.train.loop import train
+
+    try:
+        result = train(cfg, resume=args.resume)
+        print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in result.items()}))
+        code = 0
+    except NoddError as exc:
+        print(f"nodd: error: {exc}", file=sys.stderr)
+        code = 1
+    if dist.is_initialized():
+        exit_process(code)  # every rank: barrier, flush, no interpreter teardown (gloo exit crash)
+    return code
+
+
 def _demo(args) -> int:
     from pipeline.demo import run_demo
 
@@ -116,7 +149,7 @@ def _demo(args) -> int:
     return 0
 
 
-HANDLERS = {"tokenizer": _tokenizer, "prep": _prep, "shards": _shards, "demo": _demo}
+HANDLERS = {"tokenizer": _tokenizer, "prep": _prep, "shards": _shards, "train": _train, "demo": _demo}
 
 if __name__ == "__main__":
     sys.exit(main())

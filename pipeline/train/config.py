@@ -1,0 +1,57 @@
+"""TrainConfig: one typed tree for `nodd train` (defaults, then a TOML file, then key=value)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from model.config import ModelConfig
+from pipeline.data.config import DataConfig
+from pipeline.engines.native.parallel import ParallelConfig
+from pipeline.errors import ConfigError
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay to `min_lr_ratio * lr`."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0  # max global gradient norm (0 = off)
+    grad_accum: int = 1  # micro-batches per optimizer step
+
+    def validate(self) -> None:
+        if self.lr <= 0 or self.grad_accum < 1 or self.warmup_steps < 0 or self.grad_clip < 0:
+            raise ConfigError("optim.lr must be > 0, optim.grad_accum >= 1, warmup_steps and grad_clip >= 0")
+
+
+@dataclass
+class LoopConfig:
+    """The `train` section."""
+
+    steps: int = 200
+    seed: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast (CPU and GPU)
+    log_every: int = 10
+    checkpoint_every: int = 100  # also saved at the last step and on SIGTERM/SIGUSR1
+    keep_checkpoints: int = 2
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False  # torch.compile each block
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.log_every < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
+            raise ConfigError("train.steps, log_every, checkpoint_every and keep_checkpoints must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/train"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)

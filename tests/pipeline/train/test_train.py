@@ -1,0 +1,85 @@
+"""`nodd train`: it learns, resumes exactly, runs on several processes, refuses bad setups."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+from pipeline.train.config import TrainConfig
+from pipeline.train.loop import train
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def config(run_dir, shards, **overrides):
+    args = [f"run_dir={run_dir}", f"data.shards={shards}", "data.seq_len=256", "data.batch_rows=2",
+            "model.width=32", "model.depth=2", "model.heads=4", "model.latent_size=8", "model.attention=sdpa",
+            "optim.warmup_steps=2", "train.log_every=1", "train.checkpoint_every=3", "train.steps=6"]
+    args += [f"{k.replace('__', '.')}={v}" for k, v in overrides.items()]
+    return load_config(TrainConfig, None, args)
+
+
+def losses(run_dir):
+    return {r["step"]: r["loss"] for r in map(json.loads, (Path(run_dir) / "metrics.jsonl").read_text().splitlines())}
+
+
+def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path, shards):
+    full = tmp_path / "full"
+    train(config(full, shards["kl"]))
+    part = tmp_path / "part"
+    train(config(part, shards["kl"], train__steps=3))
+    result = train(config(part, shards["kl"]), resume=True)
+    assert result["step"] == 6
+    assert losses(part) == losses(full)
+    ckpts = sorted(p.name for p in (part / "checkpoints").iterdir())
+    assert ckpts == ["step-000003", "step-000006"]
+
+
+def test_interrupted_save_is_never_loaded_and_existing_runs_need_resume(tmp_path, shards):
+    run = tmp_path / "run"
+    train(config(run, shards["kl"], train__steps=3))
+    partial = run / "checkpoints" / "step-000004.tmp"
+    partial.mkdir()
+    (partial / "garbage").write_text("half a save")
+    with pytest.raises(ConfigError, match="--resume"):
+        train(config(run, shards["kl"]))
+    result = train(config(run, shards["kl"], train__steps=4), resume=True)
+    assert result["step"] == 4 and not partial.exists()
+
+
+def test_model_learns_the_shapes(tmp_path, shards):
+    cfg = config(tmp_path / "learn", shards["kl"], train__steps=40, optim__lr=3e-3)
+    train(cfg)
+    curve = losses(tmp_path / "learn")
+    assert curve[40] < 0.7 * curve[1], curve
+
+
+def test_bad_setups_fail_before_any_step(tmp_path, shards, tiny_tokenizers):
+    with pytest.raises(ConfigError, match="do not match the world size"):
+        train(config(tmp_path / "a", shards["kl"], parallel__dp_shard=2))
+    code = main(["train", f"run_dir={tmp_path / 'b'}", f"data.shards={shards['kl']}",
+                 f"data.tokenizer={tiny_tokenizers['fsq']}", "train.steps=1"])
+    assert code == 1 and not (tmp_path / "b" / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_fsdp_then_resume(tmp_path, shards):
+    run = tmp_path / "dp2"
+    base = [sys.executable, "-m", "pipeline.cli", "train", "--nproc", "2", f"run_dir={run}",
+            f"data.shards={shards['kl']}", "data.seq_len=256", "data.batch_rows=2", "model.width=32", "model.depth=2",
+            "model.heads=4", "train.log_every=1", "train.checkpoint_every=2"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run(base + ["train.steps=2"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run(base + ["train.steps=4", "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    curve = losses(run)
+    assert sorted(curve) == [1, 2, 3, 4]
+    saved = json.loads((run / "checkpoints" / "step-000004" / "meta.json").read_text())
+    assert saved["world"] == 2 and saved["parallel"]["dp_shard"] == 2
