@@ -6,6 +6,9 @@ Heavy imports (torch, ray) happen inside the handlers, so `nodd --help` stays fa
     nodd shards verify DIR [--tokenizer PATH]
     nodd shards inspect DIR [--count N] [--tokenizer PATH]
     nodd train --config configs/train/shapes.toml [--nproc N] [--resume] [key=value ...]
+    nodd export RUN [--out DIR]
+    nodd sample --run RUN --prompt "a red circle" [--n 8] [--steps 20] [--cfg 3.0] [--seed 0] [--out DIR]
+    nodd caption --run RUN IMAGE [IMAGE ...]
     nodd demo [--out runs/demo]
 
 Exit status: 0 on success, 1 with a one-line reason on a nodd error, 130 when interrupted.
@@ -53,6 +56,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start N local processes with torchrun (default: use the environment torchrun/srun set)")
     train.add_argument("--resume", action="store_true", help="continue from the run_dir's latest checkpoint")
     train.add_argument("overrides", nargs="*", help="config overrides like train.steps=100 parallel.tp=2")
+
+    export = commands.add_parser("export", help="consolidated safetensors weights + config of a run's newest checkpoint")
+    export.add_argument("run", help="run directory")
+    export.add_argument("--out", help="folder to write (default RUN/export)")
+
+    sample = commands.add_parser("sample", help="generate images from a text prompt with a trained run")
+    sample.add_argument("--run", required=True, help="run directory or export folder")
+    sample.add_argument("--prompt", required=True)
+    sample.add_argument("--n", type=int, default=8, help="images (default 8)")
+    sample.add_argument("--steps", type=int, default=20, help="ODE steps (transfusion, mar head)")
+    sample.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default off)")
+    sample.add_argument("--temperature", type=float, default=1.0)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--out", help="folder for the PNG (default RUN/samples)")
+
+    cap = commands.add_parser("caption", help="describe images with a trained run")
+    cap.add_argument("--run", required=True, help="run directory or export folder")
+    cap.add_argument("images", nargs="+", help="image files")
 
     demo = commands.add_parser("demo", help="the main job on built-in data: tokenizer, prep, verify, inspect")
     demo.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
@@ -142,6 +163,54 @@ def _train(args) -> int:
     return code
 
 
+def _export(args) -> int:
+    from pipeline.inference import export
+
+    out = export(args.run, args.out or f"{args.run}/export")
+    print(f"exported -> {out}")
+    return 0
+
+
+def _sample(args) -> int:
+    import re
+    from pathlib import Path
+
+    from data_prep.shards import save_grid
+    from pipeline.inference import load_run, sample_images
+
+    run = load_run(args.run)
+    images = sample_images(run, args.prompt, args.n, args.steps, args.cfg, args.seed, args.temperature)
+    out = Path(args.out or Path(args.run) / "samples")
+    out.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^a-z0-9]+", "-", args.prompt.lower()).strip("-")[:60] or "empty"
+    path = save_grid(images, out / f"{name}-seed{args.seed}.png")
+    print(f"{len(images)} images -> {path}")
+    return 0
+
+
+def _caption(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from data_prep.config import ImageConfig
+    from data_prep.media import decode_image
+    from pipeline.errors import DataError
+    from pipeline.inference import caption_images, load_run
+
+    run = load_run(args.run)
+    size = getattr(run.image_tokenizer, "image_size", None) or run.image_tokenizer.config.image_size
+    images = []
+    for name in args.images:
+        try:
+            images.append(decode_image(Path(name), ImageConfig(size=size))[0])
+        except Exception as exc:  # noqa: BLE001 - report which file and why
+            raise DataError(f"cannot read image {name}: {exc}") from None
+    for name, text in zip(args.images, caption_images(run, np.stack(images))):
+        print(f"{name}\t{text}")
+    return 0
+
+
 def _demo(args) -> int:
     from pipeline.demo import run_demo
 
@@ -149,7 +218,8 @@ def _demo(args) -> int:
     return 0
 
 
-HANDLERS = {"tokenizer": _tokenizer, "prep": _prep, "shards": _shards, "train": _train, "demo": _demo}
+HANDLERS = {"tokenizer": _tokenizer, "prep": _prep, "shards": _shards, "train": _train, "export": _export,
+            "sample": _sample, "caption": _caption, "demo": _demo}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ from torch.distributed.checkpoint.state_dict import (
 from pipeline.errors import DataError
 
 PREFIX = "step-"
+# One process is a valid DCP use (it saves/loads as a single rank); its warning says nothing new.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 
 def _barrier() -> None:
@@ -91,3 +94,13 @@ class Checkpointer:
         own = path / f"rank-{self.rank:05d}.pt"
         extra = torch.load(own, weights_only=False) if own.is_file() else None
         return meta, extra
+
+
+def load_weights(model, checkpoint: Path) -> None:
+    """Model weights only (sampling, export), from a checkpoint of any layout, into a plain model."""
+    try:
+        state = {"model": get_model_state_dict(model)}
+        dcp.load(state, checkpoint_id=str(checkpoint))
+        set_model_state_dict(model, state["model"], options=StateDictOptions(strict=True))
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"cannot load weights from {checkpoint} ({type(exc).__name__}: {exc})") from None

@@ -9,24 +9,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.train.config import TrainConfig
 from pipeline.train.loop import train
+from support.train_helpers import config, losses
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def config(run_dir, shards, **overrides):
-    args = [f"run_dir={run_dir}", f"data.shards={shards}", "data.seq_len=256", "data.batch_rows=2",
-            "model.width=32", "model.depth=2", "model.heads=4", "model.latent_size=8", "model.attention=sdpa",
-            "optim.warmup_steps=2", "train.log_every=1", "train.checkpoint_every=3", "train.steps=6"]
-    args += [f"{k.replace('__', '.')}={v}" for k, v in overrides.items()]
-    return load_config(TrainConfig, None, args)
-
-
-def losses(run_dir):
-    return {r["step"]: r["loss"] for r in map(json.loads, (Path(run_dir) / "metrics.jsonl").read_text().splitlines())}
 
 
 def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path, shards):

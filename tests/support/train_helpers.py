@@ -1,0 +1,19 @@
+"""Tiny train configs and metric readers shared by the training tests."""
+
+import json
+from pathlib import Path
+
+from pipeline.config import load_config
+from pipeline.train.config import TrainConfig
+
+
+def config(run_dir, shards, **overrides):
+    args = [f"run_dir={run_dir}", f"data.shards={shards}", "data.seq_len=256", "data.batch_rows=2",
+            "model.width=32", "model.depth=2", "model.heads=4", "model.latent_size=8", "model.attention=sdpa",
+            "optim.warmup_steps=2", "train.log_every=1", "train.checkpoint_every=3", "train.steps=6"]
+    args += [f"{k.replace('__', '.')}={v}" for k, v in overrides.items()]
+    return load_config(TrainConfig, None, args)
+
+
+def losses(run_dir):
+    return {r["step"]: r["loss"] for r in map(json.loads, (Path(run_dir) / "metrics.jsonl").read_text().splitlines())}
