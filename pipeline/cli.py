@@ -9,6 +9,7 @@ Heavy imports (torch, ray) happen inside the handlers, so `nodd --help` stays fa
     nodd export RUN [--out DIR]
     nodd sample --run RUN --prompt "a red circle" [--n 8] [--steps 20] [--cfg 3.0] [--seed 0] [--out DIR]
     nodd caption --run RUN IMAGE [IMAGE ...]
+    nodd eval --run RUN [--per-prompt 4] [--images 64] [--steps 20] [--cfg 3.0]
     nodd demo [--out runs/demo]
 
 Exit status: 0 on success, 1 with a one-line reason on a nodd error, 130 when interrupted.
@@ -74,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     cap = commands.add_parser("caption", help="describe images with a trained run")
     cap.add_argument("--run", required=True, help="run directory or export folder")
     cap.add_argument("images", nargs="+", help="image files")
+
+    ev = commands.add_parser("eval", help="generation, understanding and text benchmarks on built-in shapes")
+    ev.add_argument("--run", required=True, help="run directory (eval.json and report.md are written there)")
+    ev.add_argument("--per-prompt", type=int, default=4, help="images generated per prompt (default 4)")
+    ev.add_argument("--extra-prompts", type=int, default=24, help="count/relation prompts besides the 24 single objects")
+    ev.add_argument("--images", type=int, default=64, help="held-out images to caption (default 64)")
+    ev.add_argument("--steps", type=int, default=20, help="ODE steps (default 20)")
+    ev.add_argument("--cfg", type=float, default=3.0, help="guidance scale (default 3; 0 = off)")
 
     demo = commands.add_parser("demo", help="the main job on built-in data: tokenizer, prep, verify, inspect")
     demo.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
@@ -211,6 +220,19 @@ def _caption(args) -> int:
     return 0
 
 
+def _eval(args) -> int:
+    from pipeline.evaluate import evaluate
+
+    results = evaluate(args.run, args.per_prompt, args.extra_prompts, args.images, args.steps, args.cfg or None)
+    summary = {"generation.single_object_accuracy": results["generation"]["single_object_accuracy"],
+               "generation.overall_accuracy": results["generation"]["overall_accuracy"],
+               "understanding.caption_accuracy": results["understanding"]["caption_accuracy"],
+               "text.perplexity": results["text"]["perplexity"]}
+    print(json.dumps(summary, indent=2))
+    print(f"report: {args.run}/report.md")
+    return 0
+
+
 def _demo(args) -> int:
     from pipeline.demo import run_demo
 
@@ -219,7 +241,7 @@ def _demo(args) -> int:
 
 
 HANDLERS = {"tokenizer": _tokenizer, "prep": _prep, "shards": _shards, "train": _train, "export": _export,
-            "sample": _sample, "caption": _caption, "demo": _demo}
+            "sample": _sample, "caption": _caption, "eval": _eval, "demo": _demo}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,3 +25,33 @@ def test_export_sample_caption(tmp_path, shards, capsys):
     assert str(tmp_path / "x.png") in capsys.readouterr().out
     assert main(["caption", "--run", str(run), str(tmp_path / "missing.png")]) == 1
     assert main(["sample", "--run", str(tmp_path), "--prompt", "x"]) == 1  # not a run: clear error
+
+
+def test_eval_writes_metrics_and_report(tmp_path, shards, capsys):
+    import json
+
+    run = tmp_path / "run"
+    train(config(run, shards["kl"], train__steps=3))
+    assert main(["eval", "--run", str(run), "--per-prompt", "1", "--extra-prompts", "2", "--images", "4",
+                 "--steps", "2"]) == 0
+    results = json.loads((run / "eval.json").read_text())
+    gen = results["generation"]
+    assert gen["prompts"] == 26 and gen["images"] == 26
+    for value in (gen["single_object_accuracy"], gen["overall_accuracy"],
+                  results["understanding"]["caption_accuracy"]):
+        assert 0.0 <= value <= 1.0
+    assert results["text"]["perplexity"] > 1.0
+    report = (run / "report.md").read_text()
+    assert "generation.single_object_accuracy" in report and (run / "losses.png").stat().st_size > 0
+    assert (run / "eval_generations.png").is_file() and "report:" in capsys.readouterr().out
+
+
+def test_prompt_grid_covers_every_single_object_and_parses():
+    from data_prep.builtin.attributes import parse_caption
+    from pipeline.evaluate import prompt_grid
+
+    grid = prompt_grid(10)
+    singles = [p for k, p in grid if k == "single"]
+    assert len(singles) == 24 and len(set(singles)) == 24 and len(grid) == 34
+    assert all(parse_caption(p) is not None for _, p in grid)
+    assert {k for k, _ in grid} >= {"single", "count", "relation"}

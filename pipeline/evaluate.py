@@ -1,0 +1,159 @@
+"""`nodd eval --run RUN`: what a run learned, on the built-in shapes benchmark (CPU only).
+
+    nodd eval --run runs/train/shapes [--per-prompt 4] [--images 64] [--steps 20] [--cfg 3.0]
+
+  generation     prompts from an attribute grid (every colour x shape as a single object, plus
+                 counts and relations drawn with a held-out seed), images generated, read back
+                 by the pixel attribute reader: object / colour / count / position accuracy
+                 (GenEval's categories) and overall
+  understanding  held-out renders (another seed than any prep default) captioned by the model;
+                 correct when the reader finds the caption true of the image
+  text           perplexity of the model on held-out captions
+
+Writes RUN/eval.json (generation.single_object_accuracy, generation.overall_accuracy,
+understanding.caption_accuracy, text.perplexity, ...) and RUN/report.md with sample grids and
+the loss curves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data_prep.builtin.attributes import parse_caption, score_image
+from data_prep.builtin.shapes import COLORS, SHAPES, noun_phrase, shapes_sample
+from pipeline.inference import LoadedRun, caption_images, load_run, sample_images
+
+HELD_OUT_SEED = 90_001  # never a prep default (shapes uses seed 0 unless told otherwise)
+
+
+def prompt_grid(extra: int, seed: int = HELD_OUT_SEED) -> list[tuple[str, str]]:
+    """(kind, prompt): every colour x shape single object, then `extra` held-out count and
+    relation captions from the shapes generator."""
+    prompts = [("single", noun_phrase(1, color, shape)) for color in COLORS for shape in SHAPES]
+    i = 0
+    while len(prompts) < len(COLORS) * len(SHAPES) + extra:
+        _, caption, _ = shapes_sample(seed, i)
+        spec = parse_caption(caption)
+        if spec is not None and spec.kind != "single":
+            prompts.append((spec.kind, caption))
+        i += 1
+    return prompts
+
+
+def _mean(values: list[bool | None]) -> float | None:
+    kept = [bool(v) for v in values if v is not None]
+    return round(sum(kept) / len(kept), 4) if kept else None
+
+
+def evaluate_generation(run: LoadedRun, per_prompt: int, extra: int, steps: int, cfg_scale: float | None,
+                        out_dir: Path) -> dict:
+    from data_prep.shards import save_grid
+
+    scores: dict[str, list[dict]] = {}
+    grid_images = []
+    for n, (kind, prompt) in enumerate(prompt_grid(extra)):
+        images = sample_images(run, prompt, per_prompt, steps, cfg_scale, seed=n)
+        for image in images:
+            scores.setdefault(kind, []).append(score_image(image, prompt))
+        if kind == "single" or len(grid_images) < 48:
+            grid_images.extend(images[:2])
+    everything = [s for group in scores.values() for s in group]
+    result = {"prompts": len(prompt_grid(extra)), "images": len(everything),
+              "single_object_accuracy": _mean([s["overall"] for s in scores.get("single", [])]),
+              "overall_accuracy": _mean([s["overall"] for s in everything])}
+    for check in ("object", "color", "count", "position"):
+        result[f"{check}_accuracy"] = _mean([s[check] for s in everything])
+    for kind, group in scores.items():
+        result[f"{kind}_overall"] = _mean([s["overall"] for s in group])
+    save_grid(np.stack(grid_images[:96]), out_dir / "eval_generations.png", columns=12)
+    return result
+
+
+def evaluate_understanding(run: LoadedRun, count: int, out_dir: Path) -> dict:
+    from data_prep.shards import save_grid
+
+    size = run.image_tokenizer.config.image_size
+    images, truths = zip(*[shapes_sample(HELD_OUT_SEED + 1, i, size)[:2] for i in range(count)])
+    images = np.stack(images)
+    captions = caption_images(run, images)
+    correct = []
+    for image, caption in zip(images, captions):
+        correct.append(parse_caption(caption) is not None and bool(score_image(image, caption)["overall"]))
+    save_grid(images[:16], out_dir / "eval_captioned.png", columns=8)
+    examples = [{"truth": t, "caption": c, "correct": ok} for t, c, ok in zip(truths[:16], captions[:16], correct)]
+    return {"images": count, "caption_accuracy": _mean(correct), "examples": examples}
+
+
+@torch.no_grad()
+def text_perplexity(run: LoadedRun, count: int) -> dict:
+    from model.batch import Document, Packer
+
+    text = run.text
+    docs = [Document("text", text.encode(shapes_sample(HELD_OUT_SEED + 2, i)[1])) for i in range(count)]
+    packer = Packer(run.model.cfg, text.bos_id, text.eos_id, text.pad_id)
+    out = run.model(packer.pack(docs))
+    return {"captions": count, "perplexity": round(math.exp(float(out.losses["text"])), 4)}
+
+
+def evaluate(run_path: str | Path, per_prompt: int = 4, extra: int = 24, images: int = 64, steps: int = 20,
+             cfg_scale: float | None = 3.0) -> dict:
+    run_path = Path(run_path)
+    run = load_run(run_path)
+    torch.manual_seed(0)
+    results = {"checkpoint": run.meta.get("checkpoint", str(run_path)), "mode": run.model.cfg.mode,
+               "generation": evaluate_generation(run, per_prompt, extra, steps, cfg_scale, run_path),
+               "understanding": evaluate_understanding(run, images, run_path),
+               "text": text_perplexity(run, images),
+               "settings": {"per_prompt": per_prompt, "steps": steps, "cfg_scale": cfg_scale}}
+    (run_path / "eval.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    write_report(run_path, results)
+    return results
+
+
+def write_report(run_path: Path, results: dict) -> Path:
+    """report.md: metrics table, sample grids, loss curves (matplotlib, when metrics exist)."""
+    lines = [f"# Run report: {run_path.name}", "", f"checkpoint `{results['checkpoint']}`, mode `{results['mode']}`", "",
+             "| metric | value |", "| --- | --- |"]
+    for section in ("generation", "understanding", "text"):
+        for key, value in results[section].items():
+            if not isinstance(value, (list, dict)):
+                lines.append(f"| {section}.{key} | {value} |")
+    lines += ["", "## Generations (2 per prompt; single objects first)", "", "![generations](eval_generations.png)",
+              "", "## Captioned held-out images", "", "![captioned](eval_captioned.png)", "",
+              "| truth | model caption | correct |", "| --- | --- | --- |"]
+    lines += [f"| {e['truth']} | {e['caption']} | {'yes' if e['correct'] else 'no'} |"
+              for e in results["understanding"]["examples"]]
+    curve = plot_losses(run_path)
+    if curve is not None:
+        lines += ["", "## Loss curves", "", f"![losses]({curve.name})"]
+    path = run_path / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def plot_losses(run_path: Path) -> Path | None:
+    metrics = run_path / "metrics.jsonl"
+    if not metrics.is_file():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in ("loss", "text", "understanding", "image"):
+        ax.plot([r["step"] for r in records], [r[key] for r in records], label=key)
+    ax.set_xlabel("step")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    path = run_path / "losses.png"
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
