@@ -178,6 +178,8 @@ def read_objects(image: np.ndarray) -> list[DetectedObject]:
         # Generated colors can be darker or brighter than the palette: the interior is 1.0.
         alpha = np.clip(alpha / max(float(np.median(alpha[mask[box]])), 1e-6), 0.0, 1.0)
         alpha[~region] = 0.0
+        if alpha.sum() <= 0:  # a generated image can hold a colored speck with no usable coverage
+            continue
         found.append(DetectedObject(
             shape=classify_shape(alpha), color=_PALETTE_NAMES[color_index],
             cx=float(cols.mean() + 0.5), cy=float(rows.mean() + 0.5), area=int(rows.size)))
