@@ -70,3 +70,54 @@ def test_two_processes_fsdp_then_resume(tmp_path, shards):
     assert sorted(curve) == [1, 2, 3, 4]
     saved = json.loads((run / "checkpoints" / "step-000004" / "meta.json").read_text())
     assert saved["world"] == 2 and saved["parallel"]["dp_shard"] == 2
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_gives_the_uninterrupted_losses(tmp_path, shards):
+    import signal
+    import time
+
+    def command(run, *extra):
+        return [sys.executable, "-m", "pipeline.cli", "train", f"run_dir={run}", f"data.shards={shards['kl']}",
+                "data.seq_len=256", "data.batch_rows=2", "model.width=32", "model.depth=2", "model.heads=4",
+                "train.log_every=1", "train.checkpoint_every=2", "train.steps=10", *extra]
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    full = tmp_path / "full"
+    subprocess.run(command(full), env=env, check=True, capture_output=True, timeout=300)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(command(run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        metrics = run / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(losses(run)) < 10, "the run finished before it could be killed"
+    done = subprocess.run(command(run, "--resume"), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert losses(run) == losses(full)  # steps redone after the last checkpoint log the same losses
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly(tmp_path, shards):
+    import signal
+    import time
+
+    run = tmp_path / "preempted"
+    cmd = [sys.executable, "-m", "pipeline.cli", "train", f"run_dir={run}", f"data.shards={shards['kl']}",
+           "data.seq_len=256", "data.batch_rows=2", "model.width=32", "model.depth=2", "model.heads=4",
+           "train.log_every=1", "train.checkpoint_every=1000", "train.steps=1000"]
+    proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not ((run / "metrics.jsonl").exists()
+                                          and len((run / "metrics.jsonl").read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()[-2000:]
+    saved = sorted((run / "checkpoints").iterdir())
+    assert len(saved) == 1 and 3 <= int(saved[0].name.split("-")[1]) < 1000

@@ -1,0 +1,93 @@
+"""Benchmark: training throughput on 1 vs 2 processes (DP and TP), and the loader against it.
+
+    make demo                                  (once: it leaves runs/demo/shards/shapes)
+    unshare -n sh -c 'ip link set lo up && .venv/bin/python bench/train.py'
+
+Each layout runs the real `nodd train` (configs/train/shapes.toml, the demo's model) for
+`--steps` steps, `--rounds` times, alternating layouts so the machine's drift hits all alike;
+tokens/s is the median of the logged intervals after the first. The loader is timed alone on the
+same shards and settings: packed tokens/s it can produce, against what the fastest layout
+consumes (target: at least 10x, so the loader is never the bottleneck).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+LAYOUTS = {
+    "1 process": (1, []),
+    "2 processes, FSDP (dp_shard=2)": (2, ["parallel.dp_shard=2"]),
+    "2 processes, TP (tp=2)": (2, ["parallel.tp=2", "parallel.dp_shard=1"]),
+}
+
+
+def run_layout(nproc: int, extra: list[str], shards: str, steps: int, workdir: Path) -> float:
+    run_dir = workdir / f"run-{nproc}-{len(extra)}-{time.monotonic_ns()}"
+    cmd = [sys.executable, "-m", "pipeline.cli", "train", "--config", str(ROOT / "configs/train/shapes.toml"),
+           f"run_dir={run_dir}", f"data.shards={shards}", f"train.steps={steps}", "train.log_every=5",
+           f"train.checkpoint_every={steps}", *extra]
+    if nproc > 1:
+        cmd[4:4] = ["--nproc", str(nproc)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return statistics.median(r["tokens_per_s"] for r in records[1:])
+
+
+def loader_tokens_per_s(shards: str, batches: int) -> tuple[float, float]:
+    from model.config import ModelConfig
+    from pipeline.config import load_config
+    from pipeline.train.config import TrainConfig
+
+    cfg = load_config(TrainConfig, ROOT / "configs/train/shapes.toml", [f"data.shards={shards}"])
+    from pipeline.data.loader import PackedLoader
+
+    loader = PackedLoader(cfg.data, ModelConfig(**cfg.model.__dict__))
+    loader.next_batch()  # opens the first shard
+    started = time.perf_counter()
+    tokens = sum(loader.next_batch().num_tokens for _ in range(batches))
+    return tokens / (time.perf_counter() - started), loader.efficiency
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shards", default=str(ROOT / "runs/demo/shards/shapes"))
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    if not (Path(args.shards) / "manifest.json").is_file():
+        raise SystemExit(f"no shards at {args.shards}: run `make demo` first (or pass --shards)")
+    loader_tps, efficiency = loader_tokens_per_s(args.shards, 200)
+    results: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.rounds):
+            for name, (nproc, extra) in LAYOUTS.items():
+                results[name].append(run_layout(nproc, extra, args.shards, args.steps, Path(tmp)))
+    print(f"\ntrain benchmark: {os.cpu_count()} cores, configs/train/shapes.toml, {args.steps} steps x {args.rounds} rounds")
+    base = statistics.median(results["1 process"])
+    print(f"{'layout':34} {'tokens/s':>10} {'vs 1 process':>13}  runs")
+    for name, values in results.items():
+        median = statistics.median(values)
+        print(f"{name:34} {median:>10,.0f} {median / base:>12.2f}x  {', '.join(f'{v:,.0f}' for v in values)}")
+    fastest = max(statistics.median(v) for v in results.values())
+    print(f"\nloader alone: {loader_tps:,.0f} packed tokens/s (packing efficiency {efficiency:.1%}); "
+          f"{loader_tps / fastest:.1f}x what the fastest layout consumes (target >= 10x)")
+
+
+if __name__ == "__main__":
+    main()
