@@ -4,8 +4,9 @@
 
 1. trains a KL-VAE tokenizer on built-in shapes (configs/tokenizer/shapes_kl.toml),
 2. pre-encodes shapes images and moving-shapes mp4 clips with Ray into Parquet shards,
-3. verifies the shards and decodes samples back to PNG (and mp4) to look at.
-Later stages (training, sampling, evaluation) join here as they land.
+3. verifies the shards and decodes samples back to PNG (and mp4) to look at,
+4. trains the transfusion model on 2 processes (FSDP; configs/train/shapes.toml),
+5. samples images and evaluates generation, captioning and text (report.md).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def run_demo(out: str | Path, samples: int = 2000, tokenizer_steps: int = 600) -> dict:
+def run_demo(out: str | Path, samples: int = 2000, tokenizer_steps: int = 600, train_steps: int = 600,
+             nproc: int = 2, eval_images: int = 64, eval_per_prompt: int = 4, eval_steps: int = 20) -> dict:
     out = Path(out)
     tok_dir = out / "tokenizer_kl"
     if (tok_dir / "fingerprint.txt").exists() and (tok_dir / "metrics.json").exists():
@@ -46,15 +48,48 @@ def run_demo(out: str | Path, samples: int = 2000, tokenizer_steps: int = 600) -
             raise DataError(f"demo shards failed verification: {problems[0]}")
         written = inspect_shards(prep_cfg.out_dir, count=32)
         results[name] = {"shards": prep_cfg.out_dir, "samples": manifest["num_samples"], **written}
+    run_dir = out / "train"
+    if train_steps > 0:
+        results["train"] = _train_and_evaluate(run_dir, results["shapes"]["shards"], train_steps, nproc,
+                                               dict(per_prompt=eval_per_prompt, extra=24, images=eval_images,
+                                                    steps=eval_steps, cfg_scale=3.0))
     print("\nnodd demo finished:")
     print(f"  tokenizer        {tok_dir}: PSNR {metrics['psnr']:.2f} dB on held-out images, "
           f"{metrics['info_budget']['values']} latent values per image (reconstructions.png)")
-    for name, info in results.items():
+    for name in ("shapes", "moving_shapes"):
+        info = results[name]
         print(f"  {name:16s} {info['samples']} samples, verified shards in {info['shards']}")
         for kind in ("png", "mp4"):
             if kind in info:
                 print(f"  {'':16s} decoded samples: {info[kind]}")
+    if "train" in results:
+        ev = results["train"]
+        print(f"  model            {run_dir}: {train_steps} steps on {nproc} processes; generation accuracy "
+              f"{ev['generation']['single_object_accuracy']:.2f} on single-object prompts "
+              f"({ev['generation']['overall_accuracy']:.2f} overall), caption accuracy "
+              f"{ev['understanding']['caption_accuracy']:.2f}, text perplexity {ev['text']['perplexity']:.2f}")
+        print(f"  {'':16s} report: {run_dir / 'report.md'}")
     return {"tokenizer": metrics, **results}
+
+
+def _train_and_evaluate(run_dir: Path, shards: str, steps: int, nproc: int, eval_settings: dict) -> dict:
+    """`nodd train --nproc N` as a child (torchrun needs its own processes), then `nodd eval`."""
+    import shutil
+    import subprocess
+    import sys
+
+    from pipeline.evaluate import evaluate
+
+    shutil.rmtree(run_dir, ignore_errors=True)  # the demo trains from scratch every time
+    command = [sys.executable, "-m", "pipeline.cli", "train", "--config", str(CONFIGS / "train" / "shapes.toml"),
+               f"run_dir={_toml_str(run_dir)}", f"data.shards={_toml_str(Path(shards))}", f"train.steps={steps}",
+               f"train.checkpoint_every={steps}"]
+    if nproc > 1:
+        command[4:4] = ["--nproc", str(nproc)]
+    log.info("demo: training (%s)", " ".join(command[2:]))
+    if subprocess.call(command) != 0:
+        raise DataError(f"demo training failed; see the messages above (run dir {run_dir})")
+    return evaluate(run_dir, **eval_settings)
 
 
 def _toml_str(path: Path) -> str:

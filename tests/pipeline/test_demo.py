@@ -12,13 +12,17 @@ pytestmark = pytest.mark.ray
 
 
 def test_demo_small(tmp_path, local_ray, capsys):
-    results = run_demo(tmp_path / "demo", samples=64, tokenizer_steps=10)
+    results = run_demo(tmp_path / "demo", samples=64, tokenizer_steps=10, train_steps=3, nproc=2, eval_images=4,
+                       eval_per_prompt=1, eval_steps=2)
     assert results["shapes"]["samples"] == 64 and results["moving_shapes"]["samples"] == 64
     for name in ("shapes", "moving_shapes"):
         assert verify_shards(results[name]["shards"]) == []
     assert Path(results["shapes"]["png"]).stat().st_size > 0
     assert Path(results["moving_shapes"]["mp4"]).stat().st_size > 0
     assert "nodd demo finished" in capsys.readouterr().out
+    # then 3 steps on 2 processes, sampling and evaluation with a report
+    assert 0.0 <= results["train"]["generation"]["single_object_accuracy"] <= 1.0
+    assert (tmp_path / "demo" / "train" / "report.md").is_file()
     # A second run reuses the tokenizer and finds every shard done.
-    again = run_demo(tmp_path / "demo", samples=64, tokenizer_steps=10)
+    again = run_demo(tmp_path / "demo", samples=64, tokenizer_steps=10, train_steps=0)
     assert again["tokenizer"]["fingerprint"] == results["tokenizer"]["fingerprint"]
