@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def run_demo(out: str | Path, samples: int = 2000, tokenizer_steps: int = 600, train_steps: int = 600,
+def run_demo(out: str | Path, samples: int = 2000, tokenizer_steps: int = 600, train_steps: int = 1000,
              nproc: int = 2, eval_images: int = 64, eval_per_prompt: int = 4, eval_steps: int = 20) -> dict:
     out = Path(out)
     tok_dir = out / "tokenizer_kl"
