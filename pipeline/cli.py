@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # re-run as is by `train --nproc`
     from pipeline.logs import setup_logging
 
     setup_logging(args.verbose)
@@ -156,7 +157,7 @@ def _train(args) -> int:
 
     cfg = load_config(TrainConfig, args.config, args.overrides)  # fail here, before starting processes
     if args.nproc > 1 and not already_distributed():
-        return launch_local(args.nproc, sys.argv[1:])
+        return launch_local(args.nproc, args.argv)
     import torch.distributed as dist
 
     from pipeline.distributed import exit_process

@@ -9,14 +9,16 @@ import sys
 
 
 def already_distributed() -> bool:
-    return "LOCAL_RANK" in os.environ or "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    under_torchrun = "LOCAL_RANK" in os.environ
+    under_srun = "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    return under_torchrun or under_srun
 
 
 def launch_local(nproc: int, argv: list[str]) -> int:
-    args = [a for a in argv if not a.startswith("--nproc")]
-    if "--nproc" in argv:  # "--nproc N" as two words
-        i = argv.index("--nproc")
-        args = argv[:i] + argv[i + 2:]
+    args = [a for a in argv if not a.startswith("--nproc=")]  # "--nproc=N"
+    if "--nproc" in args:  # "--nproc N"
+        i = args.index("--nproc")
+        args = args[:i] + args[i + 2:]
     env = dict(os.environ, MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"), OMP_NUM_THREADS=os.environ.get(
         "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc))))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",

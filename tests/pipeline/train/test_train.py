@@ -121,3 +121,15 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, shards):
     assert proc.wait(timeout=120) == 0, proc.stderr.read()[-2000:]
     saved = sorted((run / "checkpoints").iterdir())
     assert len(saved) == 1 and 3 <= int(saved[0].name.split("-")[1]) < 1000
+
+
+def test_nproc_relaunches_the_same_command_under_torchrun(monkeypatch):
+    captured = {}
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr("pipeline.train.launch.subprocess.call",
+                        lambda cmd, env: captured.update(cmd=cmd, env=env) or 0)
+    assert main(["train", "--nproc", "2", "run_dir=somewhere", "train.steps=1", "--resume"]) == 0
+    cmd = captured["cmd"]
+    assert "--nproc-per-node=2" in cmd and cmd[-5:] == ["pipeline.cli", "train", "run_dir=somewhere",
+                                                          "train.steps=1", "--resume"]
+    assert captured["env"]["MASTER_ADDR"] == "127.0.0.1"
