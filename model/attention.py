@@ -74,15 +74,6 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.length += n
 
-    def truncate(self, length: int) -> None:
-        """Forget everything after `length` tokens (e.g. re-running an ODE step on one chunk)."""
-        self.length = length
-
-    def expand_rows(self, index: torch.Tensor) -> None:
-        """Reorder/duplicate cached rows (e.g. one prompt -> several samples)."""
-        self.keys = [k[index] for k in self.keys]
-        self.values = [v[index] for v in self.values]
-
 
 @dataclass
 class AttentionContext:

@@ -263,7 +263,7 @@ class Packer:
         span = torch.zeros(b, width, dtype=torch.long)
         positions = torch.zeros(b, width, 3, dtype=torch.long)
         kinds = torch.zeros(b, width, dtype=torch.long)
-        latents, loss_flags, grids, gen_flags = [], [], [], []
+        latents, grids, spans = [], [], []  # spans: (tokens, generated) in batch order
         for r, docs in enumerate(rows):
             start, spans_so_far = 0, 0
             for d, doc in enumerate(docs, start=1):
@@ -279,9 +279,8 @@ class Packer:
                     n = math.prod(grid)
                     if vectors is not None:
                         latents.append(vectors)
-                    loss_flags.append(torch.full((n,), generated))
                     grids.append(grid)
-                    gen_flags.append((n, generated))
+                    spans.append((n, generated))
                 spans_so_far += len(doc.grids)
                 start = end
         # Target at i is the token at i+1 (same document); its kind was decided per position above.
@@ -291,12 +290,13 @@ class Packer:
         targets[:, :-1] = torch.where(has_target, tokens[:, 1:], IGNORE)
         kinds[:, :-1] = torch.where(has_target, kinds[:, :-1], NO_LOSS)
         kinds[:, -1] = NO_LOSS
-        latent_loss = torch.cat(loss_flags) if loss_flags else torch.zeros(0, dtype=torch.bool)
+        latent_loss = torch.cat([torch.full((n,), generated) for n, generated in spans]) if spans \
+            else torch.zeros(0, dtype=torch.bool)
         packed_latents = torch.cat(latents) if latents else None
         times = None
         if self.cfg.mode == "transfusion" and packed_latents is not None:
             times = torch.cat([sample_times(1, self.cfg.time_sampling, generator).expand(n) if generated
-                               else torch.ones(n) for n, generated in gen_flags])
+                               else torch.ones(n) for n, generated in spans])
         span_grid = torch.tensor(grids, dtype=torch.long).reshape(-1, 3)
         return PackedBatch(tokens, modality, segment, span, positions, targets, kinds, packed_latents,
                            latent_loss, times, span_grid)

@@ -211,11 +211,10 @@ def _caption(args) -> int:
     from pipeline.inference import caption_images, load_run
 
     run = load_run(args.run)
-    size = getattr(run.image_tokenizer, "image_size", None) or run.image_tokenizer.config.image_size
     images = []
     for name in args.images:
         try:
-            images.append(decode_image(Path(name), ImageConfig(size=size))[0])
+            images.append(decode_image(Path(name), ImageConfig(size=run.image_size))[0])
         except Exception as exc:  # noqa: BLE001 - report which file and why
             raise DataError(f"cannot read image {name}: {exc}") from None
     for name, text in zip(args.images, caption_images(run, np.stack(images))):

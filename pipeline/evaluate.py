@@ -56,14 +56,15 @@ def evaluate_generation(run: LoadedRun, per_prompt: int, extra: int, steps: int,
 
     scores: dict[str, list[dict]] = {}
     grid_images = []
-    for n, (kind, prompt) in enumerate(prompt_grid(extra)):
+    prompts = prompt_grid(extra)
+    for n, (kind, prompt) in enumerate(prompts):
         images = sample_images(run, prompt, per_prompt, steps, cfg_scale, seed=n)
         for image in images:
             scores.setdefault(kind, []).append(score_image(image, prompt))
         if kind == "single" or len(grid_images) < 48:
             grid_images.extend(images[:2])
     everything = [s for group in scores.values() for s in group]
-    result = {"prompts": len(prompt_grid(extra)), "images": len(everything),
+    result = {"prompts": len(prompts), "images": len(everything),
               "single_object_accuracy": _mean([s["overall"] for s in scores.get("single", [])]),
               "overall_accuracy": _mean([s["overall"] for s in everything])}
     for check in ("object", "color", "count", "position"):
@@ -77,8 +78,7 @@ def evaluate_generation(run: LoadedRun, per_prompt: int, extra: int, steps: int,
 def evaluate_understanding(run: LoadedRun, count: int, out_dir: Path) -> dict:
     from data_prep.shards import save_grid
 
-    size = run.image_tokenizer.config.image_size
-    images, truths = zip(*[shapes_sample(HELD_OUT_SEED + 1, i, size)[:2] for i in range(count)])
+    images, truths = zip(*[shapes_sample(HELD_OUT_SEED + 1, i, run.image_size)[:2] for i in range(count)])
     images = np.stack(images)
     captions = caption_images(run, images)
     correct = []

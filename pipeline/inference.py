@@ -20,6 +20,7 @@ import torch
 
 from model.config import ModelConfig
 from model.multimodal import MultimodalModel
+from pipeline.data.samples import LatentNorm
 from pipeline.errors import DataError
 
 EXPORT_WEIGHTS, EXPORT_META = "model.safetensors", "model.json"
@@ -33,9 +34,7 @@ class LoadedRun:
 
         self.model, self.meta = model.eval(), meta
         self.text = load_text_tokenizer(meta["text_tokenizer"])
-        norm = meta.get("latent_norm")
-        self.mean = np.array(norm["mean"], dtype=np.float32) if norm else None
-        self.std = np.array(norm["std"], dtype=np.float32) if norm else None
+        self.norm = LatentNorm.from_dict(meta["latent_norm"]) if meta.get("latent_norm") else None
         self._image_tokenizer = None
 
     @property
@@ -48,21 +47,22 @@ class LoadedRun:
             self._image_tokenizer = load_image_tokenizer(self.meta["image_tokenizer"]).eval()
         return self._image_tokenizer
 
+    @property
+    def image_size(self) -> int:
+        """Pixels per side the image tokenizer works at (nodd tokenizers and diffusers VAEs)."""
+        tok = self.image_tokenizer
+        return getattr(tok, "image_size", None) or tok.config.image_size
+
     def normalise(self, latent: torch.Tensor) -> torch.Tensor:
-        if self.mean is None:
-            return latent
-        return (latent - torch.from_numpy(self.mean).view(-1, 1, 1)) / torch.from_numpy(self.std).view(-1, 1, 1)
+        return self.norm.normalise(latent) if self.norm is not None else latent
 
     def denormalise(self, latent: torch.Tensor) -> torch.Tensor:
-        if self.mean is None:
-            return latent
-        return latent * torch.from_numpy(self.std).view(-1, 1, 1) + torch.from_numpy(self.mean).view(-1, 1, 1)
+        return self.norm.denormalise(latent) if self.norm is not None else latent
 
 
 def _run_meta(cfg) -> dict:
     """Tokenizers and latent statistics of a run's shards."""
     from data_prep import schema
-    from pipeline.data.samples import LatentNorm
 
     manifests = [schema.Manifest.read(d) for d in cfg.data.shard_dirs]
     norm = LatentNorm.from_manifests(manifests) if cfg.data.normalise_latents else None

@@ -45,8 +45,8 @@ def generate_images(model: MultimodalModel, captions: list[list[int]], bos_id: i
     out = run(decoder, len(captions), grid, g, steps=steps, method=method, cfg_scale=cfg_scale,
               temperature=temperature, top_k=top_k, top_p=top_p)
     if cfg.mode == "discrete":
-        return (out - cfg.code_offset).reshape(len(captions), *grid).squeeze(1) if grid[0] == 1 else \
-            (out - cfg.code_offset).reshape(len(captions), *grid)
+        codes = (out - cfg.code_offset).reshape(len(captions), *grid)
+        return codes.squeeze(1) if grid[0] == 1 else codes
     images = [pb.unpatchify(x, grid, cfg.patch_size, video=grid[0] > 1) for x in out.cpu()]
     return torch.stack(images)
 

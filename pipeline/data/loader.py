@@ -26,17 +26,15 @@ from pipeline.errors import DataError
 
 
 class PackedLoader:
-    def __init__(self, cfg: DataConfig, model: ModelConfig, rank: int = 0, world: int = 1,
-                 check: bool = True):
+    def __init__(self, cfg: DataConfig, model: ModelConfig, rank: int = 0, world: int = 1):
         from model.tokenizers import load_text_tokenizer
 
         self.cfg, self.model = cfg, model
         self.reader = ShardReader(cfg.shard_dirs, rank, world, cfg.seed, cfg.shuffle_buffer)
-        if check:
-            check_tokenizers(cfg, self.reader.manifests, model)
+        text = load_text_tokenizer(cfg.text_tokenizer)
+        check_tokenizers(cfg, self.reader.manifests, model, text)
         self.norm = LatentNorm.from_manifests(self.reader.manifests) if cfg.normalise_latents else None
         self.builder = SampleBuilder(cfg, model, self.norm)
-        text = load_text_tokenizer(cfg.text_tokenizer)
         self.packer = Packer(model, text.bos_id, text.eos_id, text.pad_id)
         self.rng = np.random.default_rng([cfg.seed, rank, 2])
         self.torch_rng = torch.Generator().manual_seed(cfg.seed * 1000 + rank)

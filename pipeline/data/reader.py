@@ -45,11 +45,18 @@ class ShardReader:
         self.rng = np.random.default_rng([seed, rank, 1])
         self._loaded: tuple[tuple[int, int], list[dict[str, Any]]] | None = None  # ((shard, offset), rows)
         self._verified: set[int] = set()
+        self._plan: tuple[int, list[int], list[int]] | None = None  # (epoch, shards, offsets)
 
     # ---- order --------------------------------------------------------------------------------
-    def _epoch_shards(self, epoch: int) -> list[int]:
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards)).tolist()
-        return order[self.rank::self.world] if len(self.shards) >= self.world else order
+    def _epoch_plan(self, epoch: int) -> tuple[list[int], list[int]]:
+        """(this rank's shards in order, rows before each in the epoch's order), made once per
+        epoch: the reader asks for it on every row."""
+        if self._plan is None or self._plan[0] != epoch:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards)).tolist()
+            shards = order[self.rank::self.world] if len(self.shards) >= self.world else order
+            offsets = np.cumsum([0] + [self.shards[i][1]["rows"] for i in shards[:-1]]).tolist()
+            self._plan = (epoch, shards, offsets)
+        return self._plan[1], self._plan[2]
 
     def _rows_of(self, index: int, offset: int) -> list[dict[str, Any]]:
         """Rows of shard `index` for this rank; `offset` = rows before it in this epoch's order."""
@@ -68,12 +75,11 @@ class ShardReader:
 
     def _next_in_order(self) -> dict[str, Any]:
         for _ in range(len(self.shards) + 2):  # at most one full pass of empty shards/epochs
-            shards = self._epoch_shards(self.epoch)
+            shards, offsets = self._epoch_plan(self.epoch)
             if self.cursor >= len(shards):
                 self.epoch, self.cursor, self.row = self.epoch + 1, 0, 0
                 continue
-            offset = sum(self.shards[i][1]["rows"] for i in shards[:self.cursor])
-            rows = self._rows_of(shards[self.cursor], offset)
+            rows = self._rows_of(shards[self.cursor], offsets[self.cursor])
             if self.row < len(rows):
                 self.row += 1
                 return rows[self.row - 1]

@@ -43,36 +43,44 @@ class LatentNorm:
         var = (second * counts[:, None]).sum(0) / counts.sum() - mean**2
         return cls(mean.astype(np.float32), np.sqrt(np.maximum(var, 1e-8)).astype(np.float32))
 
-    def normalise(self, latent: np.ndarray) -> np.ndarray:
-        return (latent - self.mean[:, None, None]) / self.std[:, None, None]
+    @classmethod
+    def from_dict(cls, data: dict[str, list[float]]) -> "LatentNorm":
+        return cls(np.asarray(data["mean"], dtype=np.float32), np.asarray(data["std"], dtype=np.float32))
 
-    def denormalise(self, latent):
-        """Numpy arrays or torch tensors whose channel axis is -3 ((C, H, W), (B, C, H, W), ...)."""
-        if isinstance(latent, np.ndarray):
-            return latent * self.std[:, None, None] + self.mean[:, None, None]
+    def _stats(self, like):
+        """mean, std shaped (C, 1, 1) like `like`: a numpy array or a torch tensor."""
+        if isinstance(like, np.ndarray):
+            return self.mean[:, None, None], self.std[:, None, None]
         import torch
 
-        std = torch.as_tensor(self.std, dtype=latent.dtype, device=latent.device).view(-1, 1, 1)
-        mean = torch.as_tensor(self.mean, dtype=latent.dtype, device=latent.device).view(-1, 1, 1)
+        return (torch.as_tensor(v, dtype=like.dtype, device=like.device).view(-1, 1, 1) for v in (self.mean, self.std))
+
+    def normalise(self, latent):
+        """Numpy arrays or torch tensors whose channel axis is -3 ((C, H, W), (B, C, H, W), ...)."""
+        mean, std = self._stats(latent)
+        return (latent - mean) / std
+
+    def denormalise(self, latent):
+        mean, std = self._stats(latent)
         return latent * std + mean
 
     def to_dict(self) -> dict[str, list[float]]:
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}
 
 
-def check_tokenizers(cfg: DataConfig, manifests: list[schema.Manifest], model: ModelConfig) -> None:
-    """Refuse shards made with another tokenizer than this run decodes with, and shards that do not
-    fit the model (latent channels, codebook size, text vocabulary), before any step runs."""
-    from model.tokenizers import image_tokenizer_fingerprint, load_text_tokenizer
+def check_tokenizers(cfg: DataConfig, manifests: list[schema.Manifest], model: ModelConfig, text) -> None:
+    """Refuse shards made with another tokenizer than this run decodes with (`text` is the loaded
+    data.text_tokenizer), and shards that do not fit the model (latent channels, codebook size,
+    text vocabulary), before any step runs."""
+    from model.tokenizers import image_tokenizer_fingerprint
 
-    text = load_text_tokenizer(cfg.text_tokenizer)
+    if text.vocab_size != model.text_vocab_size:
+        raise DataError(f"text tokenizer has {text.vocab_size} ids, model.text_vocab_size="
+                        f"{model.text_vocab_size}; set them equal")
     for m, folder in zip(manifests, cfg.shard_dirs):
         if m.text_tokenizer.get("fingerprint") != text.fingerprint:
             raise DataError(f"{folder} was tokenised with text tokenizer {m.text_tokenizer.get('spec')!r}, not "
                             f"data.text_tokenizer={cfg.text_tokenizer!r}; use the same one or re-run prep")
-        if text.vocab_size != model.text_vocab_size:
-            raise DataError(f"text tokenizer has {text.vocab_size} ids, model.text_vocab_size="
-                            f"{model.text_vocab_size}; set them equal")
         image = m.tokenizer
         if not image:
             continue
@@ -102,7 +110,7 @@ class SampleBuilder:
     def __init__(self, cfg: DataConfig, model: ModelConfig, norm: LatentNorm | None):
         weights = np.array([cfg.text_to_image, cfg.image_to_text, cfg.text_only], dtype=np.float64)
         self.weights = weights / weights.sum()
-        self.cfg, self.mode, self.norm = cfg, model.mode, norm if cfg.normalise_latents else None
+        self.cfg, self.mode, self.norm = cfg, model.mode, norm  # None: latents are used as stored
 
     def build(self, row: dict[str, Any], rng: np.random.Generator) -> Document:
         text_ids = list(row["text_ids"] or [])

@@ -72,8 +72,8 @@ class Checkpointer:
         return final
 
     def load_latest(self, model, optimizer) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
-        """(meta, this rank's extra state or None if the layout changed) of the newest finished
-        checkpoint, loaded into model and optimizer; None when there is none."""
+        """(meta, this rank's extra state, or None when this rank did not exist in the saved run)
+        of the newest finished checkpoint, loaded into model and optimizer; None when there is none."""
         if self.rank == 0:
             for partial in self.root.glob(f"{PREFIX}*.tmp"):
                 shutil.rmtree(partial, ignore_errors=True)  # an interrupted save: never loaded
@@ -82,15 +82,8 @@ class Checkpointer:
         if not done:
             return None
         path = done[-1]
-        try:
-            meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-            state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
-            dcp.load(state, checkpoint_id=str(path))
-            set_model_state_dict(model, state["model"], options=StateDictOptions(strict=True))
-            set_optimizer_state_dict(model, optimizer, state["optim"])
-        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is the same user problem
-            raise DataError(f"checkpoint {path} cannot be loaded ({type(exc).__name__}: {exc}); delete that "
-                            "folder to resume from the one before it, or start a new run_dir") from None
+        _load(path, model, optimizer)
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
         own = path / f"rank-{self.rank:05d}.pt"
         extra = torch.load(own, weights_only=False) if own.is_file() else None
         return meta, extra
@@ -98,9 +91,19 @@ class Checkpointer:
 
 def load_weights(model, checkpoint: Path) -> None:
     """Model weights only (sampling, export), from a checkpoint of any layout, into a plain model."""
+    _load(checkpoint, model)
+
+
+def _load(path: Path, model, optimizer=None) -> None:
+    """DCP-load the model (and optimizer) state in place; DCP reshards to the current layout."""
     try:
         state = {"model": get_model_state_dict(model)}
-        dcp.load(state, checkpoint_id=str(checkpoint))
+        if optimizer is not None:
+            state["optim"] = get_optimizer_state_dict(model, optimizer)
+        dcp.load(state, checkpoint_id=str(path))
         set_model_state_dict(model, state["model"], options=StateDictOptions(strict=True))
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f"cannot load weights from {checkpoint} ({type(exc).__name__}: {exc})") from None
+        if optimizer is not None:
+            set_optimizer_state_dict(model, optimizer, state["optim"])
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is the same user problem
+        raise DataError(f"checkpoint {path} cannot be loaded ({type(exc).__name__}: {exc}); delete that "
+                        "folder to resume from the one before it, or start a new run_dir") from None
