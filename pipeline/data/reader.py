@@ -100,11 +100,15 @@ class ShardReader:
         return {"epoch": self.epoch, "cursor": self.cursor, "row": self.row, "buffer": list(self.buffer),
                 "rng": self.rng.bit_generator.state, "rank": self.rank, "world": self.world}
 
+    def start_at_epoch(self, epoch: int) -> None:
+        """Begin a fresh pass at `epoch` (a resumed run whose rank has no saved position)."""
+        self.epoch, self.cursor, self.row, self.buffer = epoch, 0, 0, []
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if (state["rank"], state["world"]) != (self.rank, self.world):
-            # Another data-parallel layout: positions do not carry over; start this rank at the
-            # saved epoch so no rank re-reads the epochs already seen.
-            self.epoch, self.cursor, self.row, self.buffer = state["epoch"] + 1, 0, 0, []
+            # Another data-parallel layout: positions do not carry over; start this rank after
+            # the saved epoch so no rank re-reads the epochs already seen.
+            self.start_at_epoch(state["epoch"] + 1)
             return
         self.epoch, self.cursor, self.row = state["epoch"], state["cursor"], state["row"]
         self.buffer = list(state["buffer"])

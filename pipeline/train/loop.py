@@ -87,6 +87,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             step = meta["step"]
             if extra is not None:
                 loader.load_state_dict(extra["loader"])
+            else:  # a rank the saved run did not have: skip the epochs that run had read
+                loader.reader.start_at_epoch(meta.get("epoch", -1) + 1)
             log.info("resumed from step %d (%s)", step, "same layout" if extra else "new layout: data restarts at the next epoch")
     stop = _StopFlag()
     metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8") if info.is_main else None
@@ -127,7 +129,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                          totals["text"], totals["understanding"], totals["image"], record["tokens_per_s"])
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or stop.signal is not None:
             ckpt.save(step, model, optimizer, {"loader": loader.state_dict()},
-                      {"world": info.world, "parallel": pcfg.__dict__})
+                      {"world": info.world, "parallel": pcfg.__dict__, "epoch": loader.reader.epoch})
         if stop.signal is not None:
             log.warning("signal %d: saved step %d, exiting", stop.signal, step)
             break

@@ -107,3 +107,15 @@ def test_bad_inputs_fail_before_training(shards, tiny_tokenizers, tmp_path):
         PackedLoader(data_cfg(shards["kl"], seq_len=32), model_cfg()).next_batch()
     with pytest.raises(ConfigError, match="caption_dropout"):
         data_cfg(shards["kl"], caption_dropout=2)
+
+
+def test_resume_on_another_layout_starts_after_the_saved_epoch(shards):
+    saved = ShardReader([str(shards["kl"])], rank=0, world=1, seed=3)
+    for _ in range(120):  # 200 rows per epoch: still in epoch 0
+        saved.next()
+    other = ShardReader([str(shards["kl"])], rank=1, world=2, seed=3)
+    other.load_state_dict(saved.state_dict())
+    assert (other.epoch, other.cursor, other.row, other.buffer) == (1, 0, 0, [])
+    fresh = ShardReader([str(shards["kl"])], rank=1, world=2, seed=3)
+    fresh.start_at_epoch(1)
+    assert [other.next()["key"] for _ in range(10)] == [fresh.next()["key"] for _ in range(10)]
