@@ -116,14 +116,26 @@ class MultimodalModel(nn.Module):
 
     # ---- training -----------------------------------------------------------------------------
     def forward(self, batch: pb.PackedBatch) -> StepOutput:
-        cfg = self.cfg
-        inputs, velocity_target = batch.latents, None
-        if cfg.mode == "transfusion" and batch.latents is not None:
-            inputs, velocity_target = noised(batch.latents, torch.randn_like(batch.latents), batch.times)
-        queries = next_grid_queries(batch) if self.position_query is not None else None
-        h = self.embed(batch.tokens, batch.modality, inputs, batch.span_grid, batch.times, queries)
-        h = self.trunk(h, self.context(batch.segment_ids, batch.span_ids, batch.positions))
+        inputs, velocity_target = self.diffusion_inputs(batch)
+        h = self.embed_batch(batch, inputs)
+        h = self.trunk(h, self.batch_context(batch))
         return self.losses(h, batch, velocity_target)
+
+    # The three pieces of forward, used apart by pipeline stages (first: embed_batch, every
+    # stage: trunk, last: losses). diffusion_inputs draws the noise: call it first after seeding,
+    # on every stage that needs its result, and each gets the same draw.
+    def diffusion_inputs(self, batch: pb.PackedBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(latent inputs, velocity target): noised latents and x1 - x0 in transfusion mode."""
+        if self.cfg.mode == "transfusion" and batch.latents is not None:
+            return noised(batch.latents, torch.randn_like(batch.latents), batch.times)
+        return batch.latents, None
+
+    def embed_batch(self, batch: pb.PackedBatch, inputs: torch.Tensor | None) -> torch.Tensor:
+        queries = next_grid_queries(batch) if self.position_query is not None else None
+        return self.embed(batch.tokens, batch.modality, inputs, batch.span_grid, batch.times, queries)
+
+    def batch_context(self, batch: pb.PackedBatch) -> AttentionContext:
+        return self.context(batch.segment_ids, batch.span_ids, batch.positions)
 
     def losses(self, h: torch.Tensor, batch: pb.PackedBatch, velocity_target: torch.Tensor | None) -> StepOutput:
         """Loss breakdown from the backbone's (B, T, W) output."""

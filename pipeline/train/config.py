@@ -41,6 +41,8 @@ class LoopConfig:
     keep_checkpoints: int = 2
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False  # torch.compile each block
+    activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
+    peak_tflops: float = 0.0  # MFU denominator per device; 0 = measure a matmul at start (see train/metrics.py)
 
     def validate(self) -> None:
         if self.steps < 1 or self.log_every < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:

@@ -2,16 +2,16 @@
 
     nodd train --config configs/train/shapes.toml [--nproc 2] [--resume] [key=value ...]
 
-Per step: next packed batch of this data-parallel rank -> forward (loss breakdown) -> backward
-(`optim.grad_accum` micro-batches) -> sum tensor-parallel partial grads -> clip -> AdamW ->
-metrics. Noise and time draws are seeded by (seed, step, micro-batch, dp rank), so a resumed run
-repeats an uninterrupted one exactly. SIGTERM / SIGUSR1 (cluster pre-emption) finish the step,
-save a checkpoint and exit 0.
+Per step: `optim.grad_accum` packed micro-batches of this data-parallel rank -> forward and
+backward (a plain loop, or the pipeline schedule when parallel.pp > 1: engines/native/steps.py)
+-> sum tensor-parallel partial grads -> clip over every mesh and stage -> AdamW -> metrics
+(train/metrics.py: metrics.jsonl, TensorBoard, progress bar). Noise and time draws are seeded
+by (seed, step, micro-batch, dp rank), so a resumed run repeats an uninterrupted one exactly.
+SIGTERM / SIGUSR1 (cluster pre-emption) finish the step, save a checkpoint and exit 0.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import time
@@ -25,9 +25,12 @@ from pipeline.config import save_resolved
 from pipeline.data.loader import PackedLoader
 from pipeline.distributed import DistInfo, init_distributed
 from pipeline.engines.native.parallelize import parallelize, sync_partial_grads
+from pipeline.engines.native.pipelining import build_stage
+from pipeline.engines.native.steps import make_step
 from pipeline.errors import ConfigError
 from pipeline.train.checkpoint import Checkpointer
 from pipeline.train.config import TrainConfig
+from pipeline.train.metrics import MetricsSink, flops_per_token, matmul_params, mean_context, measure_peak_flops, peak_memory_gib
 from pipeline.train.optim import build_optimizer, clip_grad_norm, lr_factor
 
 log = logging.getLogger(__name__)
@@ -45,25 +48,32 @@ class _StopFlag:
         self.signal = signum
 
 
+def noise_seed(seed: int, step: int, micro: int, dp_rank: int) -> int:
+    return ((seed * 1_000_003 + step) * 64 + micro) * 4096 + dp_rank
+
+
 def build_model(cfg: TrainConfig, info: DistInfo):
-    """The parallel model. Every rank builds and initialises the full model with the same seed,
-    then parallelize() shards it: identical weights to a one-process run, by construction."""
+    """This rank's part of the parallel model, the module a step runs (the model, or its pipeline
+    stage), and the full model's matmul parameter count.
+    Every rank builds and initialises the full model with the same seed, then keeps its pipeline
+    stage and shards it: identical weights to a one-process run, by construction."""
     pcfg = cfg.parallel.resolved(info.world)
-    pcfg.check_model(cfg.model)
-    if pcfg.pp > 1:
-        raise ConfigError("parallel.pp > 1: pipeline parallelism is not implemented in the native engine yet; "
-                          "use dp_shard/dp_replicate/tp")
+    pcfg.check_model(cfg.model, cfg.optim.grad_accum)
     torch.manual_seed(cfg.train.seed)
     model = MultimodalModel(cfg.model).to(info.device)
     model.init_weights()
-    mesh = None
+    params = matmul_params(model)
+    model.backbone.checkpoint_blocks = cfg.train.activation_checkpointing
+    mesh, root = None, model
     if info.world > 1:
         mesh = pcfg.build_mesh(info.device.type)
-        parallelize(model, mesh, pcfg)
+        if pcfg.pp > 1:
+            root = build_stage(model, mesh, pcfg)
+        parallelize(model, mesh, pcfg, root=root)
     if cfg.train.compile:
         for block in model.backbone.layers.values():
             block.compile()
-    return model, mesh, pcfg
+    return model, root, mesh, pcfg, params
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
@@ -72,7 +82,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_resolved(cfg, run_dir / "train_config.toml")
-    model, mesh, pcfg = build_model(cfg, info)
+    model, root, mesh, pcfg, params = build_model(cfg, info)
     dp_rank = mesh["dp"].get_local_rank() if mesh is not None else 0
     loader = PackedLoader(cfg.data, cfg.model, rank=dp_rank, world=pcfg.dp)
     optimizer = build_optimizer(model, cfg.optim, distributed=mesh is not None)
@@ -91,48 +101,47 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 loader.reader.start_at_epoch(meta.get("epoch", -1) + 1)
             log.info("resumed from step %d (%s)", step, "same layout" if extra else "new layout: data restarts at the next epoch")
     stop = _StopFlag()
-    metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8") if info.is_main else None
     autocast = (torch.autocast(info.device.type, dtype=torch.bfloat16) if cfg.train.precision == "bf16"
                 else nullcontext())
+    run_step = make_step(root, mesh, pcfg, autocast, info.device, cfg.optim.grad_accum,
+                         cfg.data.batch_rows, cfg.data.seq_len)
+    stage_group = mesh["pp"].get_group() if pcfg.pp > 1 else None
+    sink = MetricsSink(run_dir, cfg.train.steps, enabled=info.is_main, start_step=step)
+    peak = cfg.train.peak_tflops * 1e12 if cfg.train.peak_tflops > 0 else (
+        measure_peak_flops(info.device, torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32)
+        if info.is_main else 1.0)
     last = {}
-    started, tokens_since = time.perf_counter(), 0
+    started, tokens_since, flops_since = time.perf_counter(), 0, 0.0
     while step < cfg.train.steps:
         for group in optimizer.param_groups:
             group["lr"] = cfg.optim.lr * lr_factor(step, cfg.optim, cfg.train.steps)
-        totals: dict[str, float] = {}
-        for micro in range(cfg.optim.grad_accum):
-            batch = loader.next_batch().to(info.device)
-            torch.manual_seed(((cfg.train.seed * 1_000_003 + step) * 64 + micro) * 4096 + dp_rank)
-            with autocast:
-                out = model(batch)
-            (out.loss / cfg.optim.grad_accum).backward()
-            for k, v in {"loss": out.loss.detach(), **out.losses}.items():
-                totals[k] = totals.get(k, 0.0) + float(v) / cfg.optim.grad_accum
-            tokens_since += batch.num_tokens
+        batches = [loader.next_batch().to(info.device) for _ in range(cfg.optim.grad_accum)]
+        seeds = [noise_seed(cfg.train.seed, step, micro, dp_rank) for micro in range(len(batches))]
+        totals = run_step(batches, seeds)
+        for b in batches:
+            tokens_since += b.num_tokens
+            flops_since += b.num_tokens * flops_per_token(params, cfg.model.depth, cfg.model.width, mean_context(b))
         if mesh is not None:
             sync_partial_grads(model, mesh, pcfg)
-        grad_norm = clip_grad_norm(list(model.parameters()), cfg.optim.grad_clip)
+        grad_norm = clip_grad_norm(list(model.parameters()), cfg.optim.grad_clip, stage_group, info.device)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         last = totals
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
             elapsed = time.perf_counter() - started
-            record = {"step": step, **{k: round(v, 5) for k, v in totals.items()}, "grad_norm": round(grad_norm, 4),
-                      "lr": optimizer.param_groups[0]["lr"], "tokens_per_s": round(tokens_since * pcfg.dp / elapsed, 1),
-                      "packing": round(loader.efficiency, 4), "time": time.time()}
-            started, tokens_since = time.perf_counter(), 0
-            if metrics is not None:
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
-                log.info("step %d loss %.4f (text %.3f, und %.3f, image %.3f) %.0f tok/s", step, totals["loss"],
-                         totals["text"], totals["understanding"], totals["image"], record["tokens_per_s"])
+            sink.write(step, {**{k: round(v, 5) for k, v in totals.items()}, "grad_norm": round(grad_norm, 4),
+                              "lr": optimizer.param_groups[0]["lr"],
+                              "tokens_per_s": round(tokens_since * pcfg.dp / elapsed, 1),
+                              "mfu": round(flops_since * pcfg.dp / elapsed / (peak * info.world), 4),
+                              "memory_gib": round(peak_memory_gib(info.device), 3),
+                              "packing": round(loader.efficiency, 4), "time": time.time()})
+            started, tokens_since, flops_since = time.perf_counter(), 0, 0.0
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or stop.signal is not None:
             ckpt.save(step, model, optimizer, {"loader": loader.state_dict()},
                       {"world": info.world, "parallel": pcfg.__dict__, "epoch": loader.reader.epoch})
         if stop.signal is not None:
             log.warning("signal %d: saved step %d, exiting", stop.signal, step)
             break
-    if metrics is not None:
-        metrics.close()
+    sink.close()
     return {"step": step, **last}

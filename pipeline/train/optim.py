@@ -26,10 +26,11 @@ def lr_factor(step: int, cfg: OptimConfig, total: int) -> float:
 
 
 @torch.no_grad()
-def clip_grad_norm(parameters, max_norm: float) -> float:
+def clip_grad_norm(parameters, max_norm: float, stage_group=None, device: torch.device | None = None) -> float:
     """Global L2 norm over every gradient, whatever mesh it lives on: a DTensor's norm is reduced
-    over its own mesh, plain (replicated) gradients count once. `torch.nn.utils.clip_grad_norm_`
-    refuses parameters on different meshes (2-D dp x tp)."""
+    over its own mesh, plain (replicated) gradients count once, and with pipeline stages
+    (`stage_group`: the "pp" process group) each stage's sum of squares is added up.
+    `torch.nn.utils.clip_grad_norm_` refuses parameters on different meshes (2-D dp x tp)."""
     grads = [p.grad for p in parameters if p.grad is not None]
     total = torch.zeros((), dtype=torch.float64)
     for g in grads:
@@ -37,6 +38,10 @@ def clip_grad_norm(parameters, max_norm: float) -> float:
         if hasattr(sq, "full_tensor"):
             sq = sq.full_tensor()
         total += sq.double().cpu()
+    if stage_group is not None:
+        total = total.to(device or "cpu")
+        torch.distributed.all_reduce(total, group=stage_group)
+        total = total.cpu()
     norm = float(total.sqrt())
     if max_norm > 0 and norm > max_norm:
         scale = max_norm / (norm + 1e-6)

@@ -21,13 +21,17 @@ class ParallelConfig:
         dp_shard: data-parallel ranks that shard parameters, gradients and optimizer state (FSDP2);
             -1 = whatever the world size leaves after the other degrees.
         tp: tensor-parallel ranks (attention heads and MLP units split column/row-wise).
-        pp: pipeline stages (blocks cut at layer boundaries).
+        pp: pipeline stages (blocks cut at layer boundaries; optim.grad_accum micro-batches per
+            step flow through them).
+        pp_schedule: "1f1b" (needs grad_accum >= pp) or "gpipe" (all forwards, then all backwards:
+            more activation memory, any micro-batch count).
     """
 
     dp_replicate: int = 1
     dp_shard: int = -1
     tp: int = 1
     pp: int = 1
+    pp_schedule: str = "1f1b"
 
     def resolved(self, world: int) -> "ParallelConfig":
         """Fill dp_shard=-1 from the world size and check the product equals it."""
@@ -46,14 +50,16 @@ class ParallelConfig:
                 f"parallel degrees dp_replicate={self.dp_replicate} x dp_shard={dp_shard} x tp={self.tp} x "
                 f"pp={self.pp} = {dp_shard * others} do not match the world size {world}; make their product "
                 f"{world} (or set parallel.dp_shard=-1 to fill it)")
-        return ParallelConfig(self.dp_replicate, dp_shard, self.tp, self.pp)
+        if self.pp_schedule not in ("1f1b", "gpipe"):
+            raise ConfigError(f"parallel.pp_schedule must be '1f1b' or 'gpipe', got {self.pp_schedule!r}")
+        return ParallelConfig(self.dp_replicate, dp_shard, self.tp, self.pp, self.pp_schedule)
 
     @property
     def dp(self) -> int:
         return self.dp_replicate * max(self.dp_shard, 1)
 
-    def check_model(self, model) -> None:
-        """Degrees the model's shapes must allow (model: a ModelConfig)."""
+    def check_model(self, model, microbatches: int = 1) -> None:
+        """Degrees the model's shapes (model: a ModelConfig) and the micro-batches per step allow."""
         if model.num_kv_heads % self.tp:
             raise ConfigError(f"parallel.tp={self.tp} must divide the key/value heads ({model.num_kv_heads}) "
                               f"and heads ({model.heads}): each rank holds whole head groups")
@@ -61,6 +67,13 @@ class ParallelConfig:
             raise ConfigError(f"parallel.tp={self.tp} must divide the MLP hidden size {model.hidden}")
         if model.depth % self.pp:
             raise ConfigError(f"parallel.pp={self.pp} must divide model.depth={model.depth} (stages hold whole blocks)")
+        if self.pp > 1 and model.tie_embeddings:
+            raise ConfigError("parallel.pp > 1 needs model.tie_embeddings=false: the embedding lives on the first "
+                              "stage and the LM head on the last")
+        if self.pp > 1 and self.pp_schedule == "1f1b" and microbatches < self.pp:
+            raise ConfigError(f"the 1F1B pipeline schedule needs at least parallel.pp={self.pp} micro-batches per "
+                              f"step; set optim.grad_accum >= {self.pp} (got {microbatches}) or "
+                              "parallel.pp_schedule=gpipe")
 
     def build_mesh(self, device_type: str):
         """A DeviceMesh with every dimension named (size-1 ones included, so code can always ask

@@ -11,7 +11,7 @@ hook on the old ones silently never fires - Adam then hides the halved gradient 
 Embeddings, adapters and heads stay replicated on the tensor-parallel ranks.
 
 FSDP2: `fully_shard` per block, then the root, over the data-parallel mesh (HSDP when
-dp_replicate > 1).
+dp_replicate > 1). With pipeline stages the root is the StageModule the schedule calls.
 """
 
 from __future__ import annotations
@@ -23,11 +23,14 @@ from torch import nn
 from pipeline.engines.native.parallel import ParallelConfig
 
 
-def parallelize(model: nn.Module, mesh, cfg: ParallelConfig, mixed_precision: torch.dtype | None = None) -> nn.Module:
+def parallelize(model: nn.Module, mesh, cfg: ParallelConfig, mixed_precision: torch.dtype | None = None,
+                root: nn.Module | None = None) -> nn.Module:
+    """`root`: the module whose forward runs each step, when it is not `model` itself (a
+    pipeline StageModule around this rank's part of the model)."""
     if cfg.tp > 1:
         apply_tensor_parallel(model, mesh["tp"])
     if cfg.dp > 1:
-        apply_fsdp(model, mesh, cfg, mixed_precision)
+        apply_fsdp(model, mesh, cfg, mixed_precision, root or model)
     return model
 
 
@@ -56,7 +59,8 @@ def sync_partial_grads(model: nn.Module, mesh, cfg: ParallelConfig) -> None:
             dist.all_reduce(local, group=group)
 
 
-def apply_fsdp(model: nn.Module, mesh, cfg: ParallelConfig, mixed_precision: torch.dtype | None) -> None:
+def apply_fsdp(model: nn.Module, mesh, cfg: ParallelConfig, mixed_precision: torch.dtype | None,
+               root: nn.Module) -> None:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     dp_mesh = mesh["dp_replicate", "dp_shard"] if cfg.dp_replicate > 1 else mesh["dp_shard"]
@@ -64,4 +68,4 @@ def apply_fsdp(model: nn.Module, mesh, cfg: ParallelConfig, mixed_precision: tor
         if mixed_precision is not None else MixedPrecisionPolicy()
     for block in model.backbone.layers.values():
         fully_shard(block, mesh=dp_mesh, mp_policy=policy)
-    fully_shard(model, mesh=dp_mesh, mp_policy=policy)
+    fully_shard(root, mesh=dp_mesh, mp_policy=policy)  # embeddings, adapters, heads: gathered around root.forward

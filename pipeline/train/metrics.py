@@ -1,0 +1,118 @@
+"""Training metrics: what a step cost (FLOPs, MFU, memory) and where the numbers go.
+
+    sink = MetricsSink(run_dir, total_steps, enabled=is_main)
+    sink.write(step, {"loss": ..., "tokens_per_s": ...})    # metrics.jsonl, TensorBoard, progress bar
+    sink.close()
+
+MFU = achieved model FLOP/s / peak FLOP/s. Model FLOPs per token follow PaLM's accounting:
+6 x the matmul parameters (every nn.Linear, the LM head included; embedding lookups are not
+matmuls) plus 12 x depth x width x the mean attended context. The peak is `train.peak_tflops` when
+set (use the vendor figure on GPUs: H100/H200 dense bf16 = 989), else measured at start with a
+large matmul in the training precision, so on CPU the figure is relative to what the cores really do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from model.batch import PackedBatch
+
+log = logging.getLogger(__name__)
+
+
+def matmul_params(model: nn.Module) -> int:
+    """Parameters that take part in a matmul per token (a DTensor reports its global size)."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+
+
+def mean_context(batch: PackedBatch) -> float:
+    """Mean number of keys a query attends to, taking each document as causal (half its length),
+    averaged over the real tokens. An estimate: image spans attend within themselves too."""
+    seg = batch.segment_ids
+    rows = torch.arange(seg.shape[0], device=seg.device).unsqueeze(1) * (int(seg.max()) + 1)
+    ids = (seg + rows)[seg > 0]  # documents numbered per row: make them unique over the batch
+    if ids.numel() == 0:
+        return 0.0
+    lengths = torch.bincount(ids).double()
+    return float((lengths * lengths / 2).sum() / lengths.sum())
+
+
+def flops_per_token(params: int, depth: int, width: int, context: float) -> float:
+    return 6.0 * params + 12.0 * depth * width * context
+
+
+def measure_peak_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, seconds: float = 0.3) -> float:
+    """FLOP/s of a square matmul on this device and dtype (the MFU ceiling when none is given)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b  # warm-up
+    runs, start = 0, time.perf_counter()
+    while True:
+        a @ b
+        runs += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds and runs >= 3:
+            return 2 * size ** 3 * runs / elapsed
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak allocated GPU memory, or the process's peak resident memory on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux reports KiB
+
+
+class MetricsSink:
+    """Rank 0 writes `metrics.jsonl` (one JSON object per logged step; appended on resume),
+    TensorBoard scalars under `tensorboard/`, and a progress line on stderr for people. Other
+    ranks get a sink that drops everything."""
+
+    def __init__(self, run_dir: Path, total_steps: int, enabled: bool, start_step: int = 0):
+        self.enabled, self.total = enabled, total_steps
+        self.jsonl = self.tensorboard = self.bar = None
+        if not enabled:
+            return
+        self.jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
+        except ImportError:  # the base install has it; a trimmed environment still trains
+            log.warning("tensorboard is not installed: metrics go to metrics.jsonl only")
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def write(self, step: int, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, **record}) + "\n")
+        self.jsonl.flush()
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "time":
+                    self.tensorboard.add_scalar(f"train/{key}", value, step)
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}",
+                                 mfu=f"{record['mfu']:.1%}", refresh=False)
+        else:
+            log.info("step %d/%d loss %.4f (text %.3f, und %.3f, image %.3f) %.0f tok/s mfu %.1f%% mem %.2f GiB",
+                     step, self.total, record["loss"], record["text"], record["understanding"], record["image"],
+                     record["tokens_per_s"], 100 * record["mfu"], record["memory_gib"])
+
+    def close(self) -> None:
+        for sink in (self.jsonl, self.tensorboard, self.bar):
+            if sink is not None:
+                sink.close()
