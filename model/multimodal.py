@@ -132,7 +132,8 @@ class MultimodalModel(nn.Module):
 
     def embed_batch(self, batch: pb.PackedBatch, inputs: torch.Tensor | None) -> torch.Tensor:
         queries = next_grid_queries(batch) if self.position_query is not None else None
-        return self.embed(batch.tokens, batch.modality, inputs, batch.span_grid, batch.times, queries)
+        h = self.embed(batch.tokens, batch.modality, inputs, batch.span_grid, batch.times, queries)
+        return h + untouched(self.latent_in, self.time_embed, self.position_query)
 
     def batch_context(self, batch: pb.PackedBatch) -> AttentionContext:
         return self.context(batch.segment_ids, batch.span_ids, batch.positions)
@@ -159,7 +160,7 @@ class MultimodalModel(nn.Module):
             parts["image"], counts["image"] = self._mar_loss(h, batch, zero)
         text_sel = (kinds == pb.TEXT_LOSS) | (kinds == pb.UNDERSTANDING_LOSS)
         text_loss = token_ce[text_sel].mean() if bool(text_sel.any()) else zero
-        loss = text_loss + cfg.image_loss_weight * parts["image"]
+        loss = text_loss + cfg.image_loss_weight * parts["image"] + untouched(self.latent_out, self.mar_head)
         return StepOutput(loss, {k: v.detach() for k, v in parts.items()}, counts)
 
     def _flow_loss(self, h, batch, velocity_target, zero):
@@ -187,6 +188,19 @@ class MultimodalModel(nn.Module):
         t = pb.sample_times(len(x1), self.cfg.time_sampling).to(x1.device)
         x_t, target = noised(x1, torch.randn_like(x1), t)
         return (self.mar_head(x_t, t, z).float() - target).pow(2).mean()
+
+
+def untouched(*modules: nn.Module | None) -> torch.Tensor | float:
+    """0 x the sum of these modules' parameters: a batch without images (or without generated
+    ones) leaves the adapters or image heads out of the graph, and FSDP and DDP expect a gradient
+    for every parameter on every rank (FSDP2's reduce-scatter otherwise mismatches in size and
+    the job dies). Adding zero gives each one an exact zero gradient."""
+    total = 0.0
+    for module in modules:
+        if module is not None:
+            for p in module.parameters():
+                total = total + p.sum() * 0.0
+    return total
 
 
 def next_grid_queries(batch: pb.PackedBatch) -> torch.Tensor:

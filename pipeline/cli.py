@@ -11,6 +11,9 @@ Heavy imports (torch, ray) happen inside the handlers, so `nodd --help` stays fa
     nodd caption --run RUN IMAGE [IMAGE ...]
     nodd eval --run RUN [--per-prompt 4] [--images 64] [--steps 20] [--cfg 3.0]
     nodd demo [--out runs/demo]
+    nodd submit --target local|slurm|ray|k8s --job configs/cluster/<name>.toml [--dry-run]   (cli_cluster.py)
+    nodd jobs list | status ID [--wait] | logs ID | cancel ID
+    nodd sweep [report] --config configs/sweep/<name>.toml
 
 Exit status: 0 on success, 1 with a one-line reason on a nodd error, 130 when interrupted.
 """
@@ -89,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--samples", type=int, default=2000, help="shapes images to prepare")
     demo.add_argument("--train-steps", type=int, default=1000, help="model training steps (0 = stop after prep)")
     demo.add_argument("--nproc", type=int, default=2, help="training processes (default 2)")
+
+    from pipeline import cli_cluster
+
+    cli_cluster.add_parsers(commands)
     return parser
 
 
@@ -242,8 +249,15 @@ def _demo(args) -> int:
     return 0
 
 
+def _cluster(args) -> int:
+    from pipeline import cli_cluster
+
+    return cli_cluster.HANDLERS[args.command](args)
+
+
 HANDLERS = {"tokenizer": _tokenizer, "prep": _prep, "shards": _shards, "train": _train, "export": _export,
-            "sample": _sample, "caption": _caption, "eval": _eval, "demo": _demo}
+            "sample": _sample, "caption": _caption, "eval": _eval, "demo": _demo,
+            "submit": _cluster, "jobs": _cluster, "sweep": _cluster}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,6 +19,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from model.multimodal import MultimodalModel
 from pipeline.config import save_resolved
@@ -39,13 +40,25 @@ log = logging.getLogger(__name__)
 class _StopFlag:
     """Set by SIGTERM/SIGUSR1; the loop saves and exits at the next step boundary."""
 
-    def __init__(self):
-        self.signal = None
+    def __init__(self, device: torch.device):
+        self.signal, self.device = None, device
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._set)
 
     def _set(self, signum, _frame):
         self.signal = signum
+
+    def agreed(self) -> bool:
+        """Whether any rank was signalled. Ranks get the signal at slightly different moments;
+        deciding alone, one would enter the checkpoint's collectives while another starts the
+        next step's, and both would hang. So the ranks agree after every step (one tiny all-reduce)."""
+        if not dist.is_initialized():
+            return self.signal is not None
+        flag = torch.tensor([0 if self.signal is None else int(self.signal)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and self.signal is None:
+            self.signal = int(flag.item())
+        return bool(flag.item())
 
 
 def noise_seed(seed: int, step: int, micro: int, dp_rank: int) -> int:
@@ -100,7 +113,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             else:  # a rank the saved run did not have: skip the epochs that run had read
                 loader.reader.start_at_epoch(meta.get("epoch", -1) + 1)
             log.info("resumed from step %d (%s)", step, "same layout" if extra else "new layout: data restarts at the next epoch")
-    stop = _StopFlag()
+    stop = _StopFlag(info.device)
     autocast = (torch.autocast(info.device.type, dtype=torch.bfloat16) if cfg.train.precision == "bf16"
                 else nullcontext())
     run_step = make_step(root, mesh, pcfg, autocast, info.device, cfg.optim.grad_accum,
@@ -137,10 +150,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                               "memory_gib": round(peak_memory_gib(info.device), 3),
                               "packing": round(loader.efficiency, 4), "time": time.time()})
             started, tokens_since, flops_since = time.perf_counter(), 0, 0.0
-        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or stop.signal is not None:
+        stopping = stop.agreed()
+        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or stopping:
             ckpt.save(step, model, optimizer, {"loader": loader.state_dict()},
                       {"world": info.world, "parallel": pcfg.__dict__, "epoch": loader.reader.epoch})
-        if stop.signal is not None:
+        if stopping:
             log.warning("signal %d: saved step %d, exiting", stop.signal, step)
             break
     sink.close()

@@ -1,0 +1,105 @@
+"""A real Slurm (started by the suite): prep and 2-process training jobs through `nodd submit`,
+followed with `nodd jobs`, cancelled, and pre-empted then requeued without losing a step."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.jobs import job_status, wait_for
+from support.slurm_cluster import SlurmCluster, unavailable
+from support.train_helpers import losses
+from support.cluster_helpers import newest_job_id, write_train_job
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    why = unavailable()
+    if why:
+        pytest.skip(why)
+    cluster = SlurmCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def slurm_env(slurm, monkeypatch):
+    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
+    return slurm
+
+
+def submit(job: Path, *extra: str) -> str:
+    assert main(["submit", "--target", "slurm", "--job", str(job), *extra]) == 0
+    return newest_job_id()
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def logged_steps(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+def test_training_runs_and_a_preempted_job_requeues_to_the_same_result(slurm_env, shards, tmp_path, capsys):
+    plain = submit(write_train_job(tmp_path, shards["kl"], "plain", steps=30))
+    job = submit(write_train_job(tmp_path, shards["kl"], "preempted", steps=30))
+    run = tmp_path / "preempted"
+    wait_until(lambda: logged_steps(run) >= 3, 240, "the training to log 3 steps")
+    slurm_id = job.split("-")[1]
+    subprocess.run(["scancel", "--signal=USR1", "--batch", slurm_id], check=True)  # what pre-emption sends
+    # Slurm holds a requeued job back for a while (BeginTime); let it start again at once
+    wait_until(lambda: job_status(job)[1].state == "PENDING", 180, "the job to requeue")
+    subprocess.run(["scontrol", "update", f"JobId={slurm_id}", "StartTime=now"], check=True)
+    assert wait_for(plain, 300).state == "COMPLETED"
+    assert wait_for(job, 300).state == "COMPLETED"
+    assert main(["jobs", "logs", job]) == 0
+    log = capsys.readouterr().out
+    assert "requeueing job" in log and "(restart 1)" in log, log[-3000:]
+    saved = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert saved[-1] == "step-000030" and len(saved) == 2  # the pre-emption checkpoint, then the last
+    assert losses(run) == losses(tmp_path / "plain")  # no step lost or repeated differently
+    assert (run / "job" / "config.toml").is_file() and "nodd" in json.loads((run / "job" / "code_version.json").read_text())
+
+
+def test_cancel_stops_a_running_job_after_a_checkpoint(slurm_env, shards, tmp_path):
+    job = submit(write_train_job(tmp_path, shards["kl"], "long", steps=100000))
+    wait_until(lambda: logged_steps(tmp_path / "long") >= 2, 240, "the training to start")
+    assert main(["jobs", "cancel", job]) == 0
+    status = wait_for(job, 180)
+    assert status.state == "CANCELLED", status
+    assert any((tmp_path / "long" / "checkpoints").glob("step-*")), "SIGTERM from scancel should checkpoint"
+
+
+def test_prep_job_runs_against_a_ray_cluster_inside_the_allocation(slurm_env, tiny_tokenizers, tmp_path):
+    out = tmp_path / "shards"
+    spec = tmp_path / "prep.toml"
+    root = Path(__file__).resolve().parents[2]
+    spec.write_text(f"""
+name = "prep"
+command = "prep"
+config = "{root / 'configs/prep/shapes.toml'}"
+overrides = ['out_dir="{out}"', 'tokenizer.path="{tiny_tokenizers['kl']}"', "source.limit=64", "shard_size=32"]
+run_dir = "{tmp_path / 'prep-run'}"
+cpus_per_node = 2
+""")
+    job = submit(spec)
+    status = wait_for(job, 300)
+    assert main(["jobs", "logs", job]) == 0
+    assert status.state == "COMPLETED", (status, (tmp_path / "prep-run" / "logs").iterdir())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["num_samples"] == 64

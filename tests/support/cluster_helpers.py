@@ -1,0 +1,48 @@
+"""Tiny job specs for the cluster tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cluster.records import list_records
+
+
+def write_train_job(folder: Path, shards: Path, name: str, steps: int, procs: int = 2, **job) -> Path:
+    """A tiny 2-process training job spec (and its train config) in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / f"{name}-train.toml"
+    config.write_text(f"""
+[model]
+width = 32
+depth = 2
+heads = 4
+latent_size = 8
+attention = "sdpa"
+[data]
+shards = "{shards}"
+seq_len = 256
+batch_rows = 2
+[optim]
+warmup_steps = 2
+[train]
+steps = {steps}
+log_every = 1
+checkpoint_every = 1000
+""")
+    extra = "\n".join(f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in job.items())
+    spec = folder / f"{name}.toml"
+    spec.write_text(f"""
+name = "{name}"
+command = "train"
+config = "{config}"
+run_dir = "{folder / name}"
+procs_per_node = {procs}
+cpus_per_node = 2
+grace_seconds = 60
+{extra}
+""")
+    return spec
+
+
+def newest_job_id() -> str:
+    return list_records()[-1].id
