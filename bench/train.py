@@ -30,6 +30,9 @@ LAYOUTS = {
     "1 process": (1, []),
     "2 processes, FSDP (dp_shard=2)": (2, ["parallel.dp_shard=2"]),
     "2 processes, TP (tp=2)": (2, ["parallel.tp=2", "parallel.dp_shard=1"]),
+    # the same tokens per step as two micro-batches of half the rows through 2 stages (1F1B)
+    "2 processes, PP (pp=2, 1F1B)": (2, ["parallel.pp=2", "parallel.dp_shard=1", "optim.grad_accum=2",
+                                         "data.batch_rows=2"]),
 }
 
 

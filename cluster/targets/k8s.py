@@ -14,6 +14,7 @@ official `kubernetes` client models, catching wrong types and missing required f
 
 from __future__ import annotations
 
+import inspect
 import json
 import shlex
 
@@ -178,9 +179,18 @@ def _batch_job(job: PreparedJob) -> dict:
 
 
 def dump(docs: list[dict]) -> str:
+    """YAML, multi-line strings (the config in the ConfigMap) as readable literal blocks."""
     import yaml
 
-    return yaml.safe_dump_all(docs, sort_keys=False, width=120)
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data):  # Master and Worker share objects: write both out in full
+            return True
+
+    def text(dumper, value: str):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+    Dumper.add_representer(str, text)
+    return yaml.dump_all(docs, Dumper=Dumper, sort_keys=False, width=120)
 
 
 def validate(docs: list[dict]) -> None:
@@ -192,13 +202,18 @@ def validate(docs: list[dict]) -> None:
     except ImportError:
         return
     client = ApiClient()
+    # kubernetes >= 35 takes the response text; older clients a response object with .data
+    takes_text = "response_text" in inspect.signature(client.deserialize).parameters
 
     def check(obj: dict, model: str, where: str) -> None:
         class Answer:
             data = json.dumps(obj)
 
         try:
-            client.deserialize(Answer(), model)
+            if takes_text:
+                client.deserialize(Answer.data, model, "application/json")
+            else:
+                client.deserialize(Answer(), model)
         except (ValueError, TypeError) as exc:
             raise ClusterError(f"rendered {where} is not a valid {model}: {exc}") from None
 

@@ -181,6 +181,7 @@ def _prep_body(job: PreparedJob) -> list[str]:
     port = spec.slurm.ray_port
     ray = [job.python, "-m", "ray.scripts.scripts"]
     resolve = [job.python, "-c", "import socket, sys; print(socket.gethostbyname(sys.argv[1]))"]
+    probe = [job.python, "-c", "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 2)"]
     head = " ".join([*map(q, _srun(job, "--nodes=1", "--ntasks=1", "--overlap")), '-w "$head_node"',
                      *map(q, ray), "start", "--head", '--node-ip-address="$head_ip"', f"--port={port}",
                      '--num-cpus="$SLURM_CPUS_PER_TASK"', "--include-dashboard=false", "--block"])
@@ -190,9 +191,10 @@ def _prep_body(job: PreparedJob) -> list[str]:
         f'export RAY_ADDRESS="$head_ip:{port}"',
         head + " &",
         "ray_pids=$!",
-        "for _ in $(seq 120); do",
-        "  " + " ".join(map(q, ray)) + ' status --address "$RAY_ADDRESS" >/dev/null 2>&1 && break',
-        "  sleep 1",
+        "# ready when the head's GCS port accepts connections",
+        "for _ in $(seq 240); do",
+        "  " + " ".join(map(q, probe)) + f' "$head_ip" {port} 2>/dev/null && break',
+        "  sleep 0.5",
         "done",
     ]
     if spec.nodes > 1:
