@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from model.batch import Document
 from model.rope import apply_rotary, rotary_angles
 from support.model_helpers import documents, packer, tiny_config, tiny_model
 
@@ -83,3 +84,16 @@ def test_dropping_children_for_pipeline_stages():
     del model.backbone.layers["1"]  # a stage that owns layer 0 only
     ctx = model.context(batch.segment_ids, batch.span_ids, batch.positions)
     assert model.trunk(h, ctx).shape == h.shape
+
+
+@pytest.mark.parametrize("mode", ["transfusion", "mar"])
+def test_every_parameter_gets_a_gradient_even_from_a_batch_without_images(mode):
+    """FSDP and DDP need a gradient for every parameter on every rank: a rank whose batch has
+    only text (or only understanding) must still give the adapters and image heads one (zero)."""
+    cfg = tiny_config(mode)
+    model = tiny_model(cfg)
+    text_only = packer(cfg).pack([Document("text", [5, 6, 7, 8]), Document("text", [9, 10])])
+    model(text_only).loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing
+    assert all(float(p.grad.abs().sum()) == 0 for p in model.latent_in.parameters())
