@@ -176,3 +176,41 @@ def test_dry_run_prints_everything_and_writes_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "#SBATCH --job-name=shapes-train" in out and "steps = 7" in out and "sbatch --parsable" in out
     assert not run.exists()
+
+
+def test_cluster_never_imports_torch_model_or_ray():
+    import sys
+
+    code = ("import sys, cluster.spec, cluster.job, cluster.records, cluster.sweep, cluster.local_runner\n"
+            "from cluster.targets import local, slurm, ray_jobs, k8s\n"
+            "bad = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'model', 'ray'})\n"
+            "assert not bad, bad\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+
+
+def test_k8s_apply_status_logs_and_cancel_go_through_kubectl(tmp_path, monkeypatch, capsys):
+    """No cluster here: a stand-in kubectl records its arguments and answers like the real one."""
+    from pipeline.cli import main
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    kubectl = bin_dir / "kubectl"
+    status = json.dumps({"status": {"conditions": [{"type": "Created", "status": "True"},
+                                                   {"type": "Running", "status": "True"}]}})
+    kubectl.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/calls\n"
+                       f"case \"$*\" in *' get '*) echo '{status}';; *' logs '*) echo 'pod-0 step 1';; esac\n")
+    kubectl.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert main(["submit", "--target", "k8s", "--job", str(ROOT / "configs/cluster/shapes_train.toml"),
+                 f"run_dir={json.dumps(str(tmp_path / 'run'))}", 'container_image="nodd:cpu"', "k8s.apply=true",
+                 'k8s.context="lab"']) == 0
+    assert main(["jobs", "status", "k8s-shapes-train"]) == 0
+    assert main(["jobs", "logs", "k8s-shapes-train"]) == 0
+    assert main(["jobs", "cancel", "k8s-shapes-train"]) == 0
+    out = capsys.readouterr().out
+    assert "k8s-shapes-train RUNNING Running" in out and "pod-0 step 1" in out
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls[0] == f"--context lab apply -f {tmp_path / 'run' / 'job' / 'manifests.yaml'}"
+    assert calls[1] == "--context lab get PyTorchJob shapes-train -n default -o json"
+    assert calls[-1] == "--context lab delete PyTorchJob shapes-train -n default"

@@ -50,6 +50,18 @@ def wait_until(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def diagnose(cluster: SlurmCluster, slurm_id: str, status, run: Path) -> str:
+    job = subprocess.run(["scontrol", "show", "job", slurm_id], capture_output=True, text=True).stdout
+    logs = "".join(p.read_text()[-3000:] for p in (run / "logs").glob("*.out"))
+    ctld = (cluster.dir / "log" / "slurmctld.log").read_text()[-3000:]
+    return f"{status}\n--- scontrol\n{job}\n--- job log\n{logs}\n--- slurmctld\n{ctld}"
+
+
+def node_state() -> str:
+    done = subprocess.run(["scontrol", "show", "node", "localhost"], capture_output=True, text=True)
+    return next((w for w in done.stdout.split() if w.startswith("State=")), "State=?")
+
+
 def logged_steps(run_dir: Path) -> int:
     path = run_dir / "metrics.jsonl"
     return len(path.read_text().splitlines()) if path.is_file() else 0
@@ -62,11 +74,15 @@ def test_training_runs_and_a_preempted_job_requeues_to_the_same_result(slurm_env
     wait_until(lambda: logged_steps(run) >= 3, 240, "the training to log 3 steps")
     slurm_id = job.split("-")[1]
     subprocess.run(["scancel", "--signal=USR1", "--batch", slurm_id], check=True)  # what pre-emption sends
-    # Slurm holds a requeued job back for a while (BeginTime); let it start again at once
+    # Slurm holds a requeued job back for a while (BeginTime), so the node can finish cleaning up
+    # its last run; once it has (no COMPLETING flag), let the job start again at once
     wait_until(lambda: job_status(job)[1].state == "PENDING", 180, "the job to requeue")
+    wait_until(lambda: "COMPLETING" not in node_state(), 120, "the node to finish the first run")
+    time.sleep(2)
     subprocess.run(["scontrol", "update", f"JobId={slurm_id}", "StartTime=now"], check=True)
     assert wait_for(plain, 300).state == "COMPLETED"
-    assert wait_for(job, 300).state == "COMPLETED"
+    status = wait_for(job, 300)
+    assert status.state == "COMPLETED", diagnose(slurm_env, slurm_id, status, run)
     assert main(["jobs", "logs", job]) == 0
     log = capsys.readouterr().out
     assert "requeueing job" in log and "(restart 1)" in log, log[-3000:]

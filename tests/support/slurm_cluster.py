@@ -109,7 +109,10 @@ class SlurmCluster:
         for pid in self.pids:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if os.environ.get("NODD_KEEP_SLURM"):  # keep the daemons' logs to debug a failure
+            print(f"Slurm logs kept in {self.dir / 'log'}")
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
