@@ -18,7 +18,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.errors import ClusterError
 from pipeline.jobs import wait_for
-from support.cluster_helpers import newest_job_id
+from support.cluster_helpers import newest_job_id, write_prep_job
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,16 +66,7 @@ def ray_head(tmp_path_factory):
 @pytest.mark.ray
 def test_prep_job_submitted_to_a_running_ray_cluster(ray_head, tiny_tokenizers, tmp_path, capsys):
     out = tmp_path / "shards"
-    spec = tmp_path / "prep.toml"
-    spec.write_text(f"""
-name = "ray-prep"
-command = "prep"
-config = "{ROOT / 'configs/prep/shapes.toml'}"
-overrides = ['out_dir="{out}"', 'tokenizer.path="{tiny_tokenizers['kl']}"', "source.limit=48", "shard_size=24"]
-run_dir = "{tmp_path / 'run'}"
-[ray]
-address = "{ray_head}"
-""")
+    spec = write_prep_job(tmp_path, tiny_tokenizers["kl"], "ray-prep", 48, f'[ray]\naddress = "{ray_head}"')
     assert main(["submit", "--target", "ray", "--job", str(spec)]) == 0
     job = newest_job_id()
     status = wait_for(job, 300)

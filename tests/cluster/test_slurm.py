@@ -14,7 +14,7 @@ from pipeline.cli import main
 from pipeline.jobs import job_status, wait_for
 from support.slurm_cluster import SlurmCluster, unavailable
 from support.train_helpers import losses
-from support.cluster_helpers import newest_job_id, write_train_job
+from support.cluster_helpers import newest_job_id, write_prep_job, write_train_job
 
 pytestmark = pytest.mark.slow
 
@@ -103,19 +103,10 @@ def test_cancel_stops_a_running_job_after_a_checkpoint(slurm_env, shards, tmp_pa
 
 def test_prep_job_runs_against_a_ray_cluster_inside_the_allocation(slurm_env, tiny_tokenizers, tmp_path):
     out = tmp_path / "shards"
-    spec = tmp_path / "prep.toml"
-    root = Path(__file__).resolve().parents[2]
-    spec.write_text(f"""
-name = "prep"
-command = "prep"
-config = "{root / 'configs/prep/shapes.toml'}"
-overrides = ['out_dir="{out}"', 'tokenizer.path="{tiny_tokenizers['kl']}"', "source.limit=64", "shard_size=32"]
-run_dir = "{tmp_path / 'prep-run'}"
-cpus_per_node = 2
-""")
+    spec = write_prep_job(tmp_path, tiny_tokenizers["kl"], "prep", 64)
     job = submit(spec)
     status = wait_for(job, 300)
     assert main(["jobs", "logs", job]) == 0
-    assert status.state == "COMPLETED", (status, (tmp_path / "prep-run" / "logs").iterdir())
+    assert status.state == "COMPLETED", status
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["num_samples"] == 64

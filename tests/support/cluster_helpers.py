@@ -44,5 +44,23 @@ grace_seconds = 60
     return spec
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_prep_job(folder: Path, tokenizer: Path, name: str, samples: int, extra: str = "") -> Path:
+    """A prep job spec of `samples` built-in shapes images into folder/shards (2 shards)."""
+    spec = folder / f"{name}.toml"
+    spec.write_text(f"""
+name = "{name}"
+command = "prep"
+config = "{ROOT / 'configs/prep/shapes.toml'}"
+overrides = ['out_dir="{folder / 'shards'}"', 'tokenizer.path="{tokenizer}"', "source.limit={samples}",
+             "shard_size={samples // 2}"]
+run_dir = "{folder / f'{name}-run'}"
+{extra}
+""")
+    return spec
+
+
 def newest_job_id() -> str:
     return list_records()[-1].id
