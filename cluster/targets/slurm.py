@@ -100,7 +100,8 @@ def _log_path(record: JobRecord):
 def render_script(job: PreparedJob) -> str:
     spec = job.spec
     lines = ["#!/bin/bash",
-             f"# Rendered by `nodd submit --target slurm` for job {spec.name}. Resubmit: sbatch {q(str(job.job_dir / SCRIPT))}",
+             f"# Rendered by `nodd submit --target slurm` for job {spec.name}. "
+             f"Resubmit: sbatch {q(str(job.job_dir / SCRIPT))}",
              f"#SBATCH --job-name={spec.name}",
              f"#SBATCH --nodes={spec.nodes}",
              "#SBATCH --ntasks-per-node=1",

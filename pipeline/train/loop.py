@@ -31,7 +31,14 @@ from pipeline.engines.native.steps import make_step
 from pipeline.errors import ConfigError
 from pipeline.train.checkpoint import Checkpointer
 from pipeline.train.config import TrainConfig
-from pipeline.train.metrics import MetricsSink, flops_per_token, matmul_params, mean_context, measure_peak_flops, peak_memory_gib
+from pipeline.train.metrics import (
+    MetricsSink,
+    flops_per_token,
+    matmul_params,
+    mean_context,
+    measure_peak_flops,
+    peak_memory_gib,
+)
 from pipeline.train.optim import build_optimizer, clip_grad_norm, lr_factor
 
 log = logging.getLogger(__name__)
