@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from model.batch import Document, Packer  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.multimodal import MultimodalModel  # noqa: E402
+from pipeline.train.metrics import flops_per_token, matmul_params  # noqa: E402
 
 WIDTH, DEPTH, HEADS, CAPTION, LATENT, CHANNELS, BATCH = 256, 4, 4, 32, 8, 4, 8
 BOS, EOS = 257, 258
@@ -103,12 +104,8 @@ def documents(count: int, seed: int = 0) -> list[Document]:
                      latent=torch.randn(CHANNELS, LATENT, LATENT, generator=g)) for _ in range(count)]
 
 
-def matmul_params(model: torch.nn.Module) -> int:
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
-
-
 def step_flops(params: int, tokens: int, doc_len: int) -> float:
-    return 6 * params * tokens + 12 * DEPTH * WIDTH * doc_len * tokens
+    return tokens * flops_per_token(params, DEPTH, WIDTH, doc_len)  # the trainer's MFU accounting
 
 
 def nodd_step(model, batch, opt, dtype):

@@ -57,10 +57,12 @@ def prepare(spec: JobSpec, target: str) -> PreparedJob:
     return job
 
 
-def submit(spec: JobSpec, target_name: str, dry_run: bool = False) -> tuple[JobRecord | None, str]:
-    """Render, then (unless dry_run) write RUN/job/ and submit. Returns the record and a report."""
+def submit(spec: JobSpec, target_name: str, dry_run: bool = False,
+           job: PreparedJob | None = None) -> tuple[JobRecord | None, str]:
+    """Render, then (unless dry_run) write RUN/job/ and submit. Returns the record and a report.
+    `job`: the spec already prepared for this target (a sweep checks every point first)."""
     target = get_target(target_name)
-    job = prepare(spec, target_name)
+    job = job or prepare(spec, target_name)
     files = target.render(job)
     if dry_run:
         parts = [f"# dry run: nothing written or submitted. Would write {job.job_dir}/config.toml, job.toml,",

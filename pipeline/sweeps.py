@@ -30,8 +30,7 @@ def run_sweep(path: str, target: str | None = None, dry_run: bool = False) -> st
         entry = {"name": point.name, "params": point.params, "run_dir": point.run_dir}
         try:
             spec = load_job(sweep.job, point.job_overrides, point.config_overrides)
-            prepare(spec, target)  # resolves and checks the command's config
-            valid.append((point, spec))
+            valid.append((point, spec, prepare(spec, target)))  # resolves and checks the command's config
         except ConfigError as exc:
             entry["invalid"] = str(exc)
             lines.append(f"skipped {point.name} {point.params}: {exc}")
@@ -39,9 +38,9 @@ def run_sweep(path: str, target: str | None = None, dry_run: bool = False) -> st
     if not valid:
         raise ConfigError(f"no valid combination in sweep {sweep.name}:\n  " + "\n  ".join(lines))
     root = Path(points[0].run_dir).parent
-    for entry, (point, spec) in zip([e for e in plan if "invalid" not in e], valid):
+    for entry, (point, spec, job) in zip([e for e in plan if "invalid" not in e], valid):
         try:
-            record, message = submit(spec, target, dry_run)
+            record, _ = submit(spec, target, dry_run, job)
         except NoddError as exc:
             entry["error"] = str(exc)
             lines.append(f"failed  {point.name}: {exc}")

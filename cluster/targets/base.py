@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 from cluster.job import PreparedJob
@@ -11,29 +12,35 @@ from cluster.records import JobRecord, JobStatus
 from pipeline.errors import ClusterError
 
 
-class Target:
+class Target(ABC):
     """A place jobs run. `render` returns the files to write into RUN/job/ (name -> text);
     `command` the argv that submits them (what --dry-run prints); the rest talk to the scheduler."""
 
-    name = "base"
+    name: str
 
+    @abstractmethod
     def render(self, job: PreparedJob) -> dict[str, str]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def command(self, job: PreparedJob) -> list[str]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def submit(self, job: PreparedJob) -> JobRecord:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def status(self, record: JobRecord) -> JobStatus:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def logs(self, record: JobRecord) -> str:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def cancel(self, record: JobRecord) -> None:
-        raise NotImplementedError
+        ...
 
 
 def run_tool(argv: list[str], what: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from cluster.job import PreparedJob
 from cluster.records import FAILED, PENDING, UNKNOWN, JobRecord, JobStatus
@@ -61,8 +62,6 @@ class LocalTarget(Target):
         return JobStatus(state["state"], f"exit code {state['exit_code']}" if "exit_code" in state else "")
 
     def logs(self, record: JobRecord) -> str:
-        from pathlib import Path
-
         return read_tail(Path(record.details["log"]))
 
     def cancel(self, record: JobRecord) -> None:
@@ -73,8 +72,6 @@ class LocalTarget(Target):
 
 
 def _state(record: JobRecord) -> dict | None:
-    from pathlib import Path
-
     path = Path(record.details["state"])
     try:
         return json.loads(path.read_text(encoding="utf-8"))

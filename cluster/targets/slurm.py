@@ -12,6 +12,7 @@ then `nodd prep` against it. Logs: RUN/logs/slurm-JOBID.out, appended across req
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 from cluster.job import PreparedJob
 from cluster.records import (
@@ -91,9 +92,7 @@ class SlurmTarget(Target):
         run_tool(["scancel", record.scheduler_id], f"cancelling Slurm job {record.scheduler_id}")
 
 
-def _log_path(record: JobRecord):
-    from pathlib import Path
-
+def _log_path(record: JobRecord) -> Path:
     return Path(record.details.get("log") or f"{record.run_dir}/logs/slurm-{record.scheduler_id}.out")
 
 

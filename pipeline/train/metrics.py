@@ -6,7 +6,7 @@
 
 MFU = achieved model FLOP/s / peak FLOP/s. Model FLOPs per token follow PaLM's accounting:
 6 x the matmul parameters (every nn.Linear, the LM head included; embedding lookups are not
-matmuls) plus 12 x depth x width x the mean attended context. The peak is `train.peak_tflops` when
+matmuls) plus 12 x depth x width x the token's document length. The peak is `train.peak_tflops` when
 set (use the vendor figure on GPUs: H100/H200 dense bf16 = 989), else measured at start with a
 large matmul in the training precision, so on CPU the figure is relative to what the cores really do.
 """
@@ -34,15 +34,15 @@ def matmul_params(model: nn.Module) -> int:
 
 
 def mean_context(batch: PackedBatch) -> float:
-    """Mean number of keys a query attends to, taking each document as causal (half its length),
-    averaged over the real tokens. An estimate: image spans attend within themselves too."""
+    """The length of each real token's document, averaged over the tokens: the context T of
+    PaLM's 12 x L x W x T term (which counts the whole window, causal or not)."""
     seg = batch.segment_ids
     rows = torch.arange(seg.shape[0], device=seg.device).unsqueeze(1) * (int(seg.max()) + 1)
     ids = (seg + rows)[seg > 0]  # documents numbered per row: make them unique over the batch
     if ids.numel() == 0:
         return 0.0
     lengths = torch.bincount(ids).double()
-    return float((lengths * lengths / 2).sum() / lengths.sum())
+    return float((lengths * lengths).sum() / lengths.sum())
 
 
 def flops_per_token(params: int, depth: int, width: int, context: float) -> float:

@@ -29,7 +29,7 @@ def rendered(target: str, job_name: str, *overrides: str) -> tuple:
                     [f'run_dir="/runs/{job_name}"', 'python="/opt/venv/bin/python"',
                      *([] if target != "k8s" else ['container_image="registry.example.com/nodd:gpu"']), *overrides], [])
     job = prepare(spec, target)
-    job.workdir = Path("/work/nodd")
+    job.workdir = Path("/srv/submit")
     return job, get_target(target).render(job)
 
 
@@ -76,7 +76,7 @@ def run_script(text: str, tmp_path: Path, job_id: int, nodes: list[str]) -> tupl
 def test_four_nodes_of_eight_gpus_agree_on_ranks_and_rendezvous(tmp_path):
     job, files = rendered("slurm", "h200_4x8")
     nodes = ["gpu-a1", "gpu-a2", "gpu-a3", "gpu-a4"]
-    argv, env = run_script(files["sbatch.sh"].replace("/work/nodd", str(tmp_path)), tmp_path, 4242, nodes)
+    argv, env = run_script(files["sbatch.sh"].replace("/srv/submit", str(tmp_path)), tmp_path, 4242, nodes)
     port = 20000 + 4242 % 20000
     assert "--nodes=4" in argv and "--ntasks-per-node=1" in argv  # one torchrun per node
     assert {"--nnodes=4", "--nproc-per-node=8", "--rdzv-backend=c10d", f"--rdzv-endpoint=gpu-a1:{port}",
@@ -120,7 +120,7 @@ HOSTILE = "$(touch PWNED); `touch PWNED2`; echo 'it''s' \"q\" \\ ;"
 def test_hostile_values_are_quoted_and_never_run(tmp_path):
     _, files = rendered("slurm", "shapes_train", f"env.EVIL={json.dumps(HOSTILE)}",
                         f"python={json.dumps('/opt/my venv/bin/python')}")
-    argv, env = run_script(files["sbatch.sh"].replace("/work/nodd", str(tmp_path)), tmp_path, 7, ["n1"])
+    argv, env = run_script(files["sbatch.sh"].replace("/srv/submit", str(tmp_path)), tmp_path, 7, ["n1"])
     assert env["EVIL"] == HOSTILE  # arrived as the literal text
     assert not list(tmp_path.rglob("PWNED*"))
     assert "/opt/my venv/bin/python" in argv  # one argument, spaces and all

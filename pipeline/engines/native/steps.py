@@ -2,7 +2,7 @@
 parallelism. Both return the same thing: the loss breakdown averaged over the micro-batches, on
 every rank, with gradients accumulated as if each micro-batch's loss were divided by their count.
 
-    step = make_step(model, mesh, pcfg, autocast)
+    step = make_step(model_or_stage, mesh, pcfg, autocast, device, microbatches, rows, seq_len)
     totals = step(batches, seeds)       # {"loss", "text", "understanding", "image"}
 
 `seeds[i]` seeds the noise and time draws of micro-batch i, so any layout draws what a

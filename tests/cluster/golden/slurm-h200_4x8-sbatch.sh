@@ -7,7 +7,7 @@
 #SBATCH --mem=512G
 #SBATCH --time=2-00:00:00
 #SBATCH --output=/runs/h200_4x8/logs/slurm-%j.out
-#SBATCH --chdir=/work/nodd
+#SBATCH --chdir=/srv/submit
 #SBATCH --open-mode=append
 #SBATCH --gpus-per-node=8
 #SBATCH --partition=gpu

@@ -7,7 +7,7 @@
 #SBATCH --mem=8G
 #SBATCH --time=00:30:00
 #SBATCH --output=/runs/shapes_prep/logs/slurm-%j.out
-#SBATCH --chdir=/work/nodd
+#SBATCH --chdir=/srv/submit
 #SBATCH --open-mode=append
 set -uo pipefail
 

@@ -7,7 +7,7 @@
 #SBATCH --mem=8G
 #SBATCH --time=01:00:00
 #SBATCH --output=/runs/shapes_train/logs/slurm-%j.out
-#SBATCH --chdir=/work/nodd
+#SBATCH --chdir=/srv/submit
 #SBATCH --open-mode=append
 #SBATCH --requeue
 #SBATCH --signal=B:USR1@120

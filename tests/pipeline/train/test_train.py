@@ -170,3 +170,16 @@ def test_nproc_relaunches_the_same_command_under_torchrun(monkeypatch):
     assert "--nproc-per-node=2" in cmd and cmd[-5:] == ["pipeline.cli", "train", "run_dir=somewhere",
                                                           "train.steps=1", "--resume"]
     assert captured["env"]["MASTER_ADDR"] == "127.0.0.1"
+
+
+def test_flop_accounting_counts_each_tokens_whole_document():
+    from types import SimpleNamespace
+
+    import torch
+
+    from pipeline.train.metrics import flops_per_token, mean_context
+
+    # row 0: documents of 3 and 1 tokens and a padding token; row 1: one document of 2 tokens
+    batch = SimpleNamespace(segment_ids=torch.tensor([[1, 1, 1, 2, 0], [1, 1, 0, 0, 0]]))
+    assert mean_context(batch) == (3 * 3 + 1 * 1 + 2 * 2) / 6
+    assert flops_per_token(100, depth=2, width=8, context=4.0) == 6 * 100 + 12 * 2 * 8 * 4
