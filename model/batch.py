@@ -19,6 +19,8 @@ the image resumes at p0 + max(T, H/p, W/p).
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from dataclasses import dataclass, fields
 from typing import Literal
@@ -86,7 +88,9 @@ def patchify(latent: torch.Tensor, p: int) -> tuple[torch.Tensor, tuple[int, int
     if h % p or w % p:
         raise ConfigError(f"model.patch_size={p} does not divide the latent grid {h}x{w}; "
                           f"pick a patch size that divides both")
-    patches = rearrange(latent, "t c (h p1) (w p2) -> (t h w) (c p1 p2)", p1=p, p2=p)
+    c = latent.shape[1]
+    # plain view/permute, not einops: the loader patchifies thousands of latents a step
+    patches = latent.reshape(t, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(t * (h // p) * (w // p), c * p * p)
     return patches, (t, h // p, w // p)
 
 
@@ -99,9 +103,25 @@ def unpatchify(patches: torch.Tensor, grid: tuple[int, int, int], p: int, video:
 
 def grid_positions(start: int, grid: tuple[int, int, int]) -> torch.Tensor:
     """(T*h*w, 3) positions of an image/video span that starts at `start`, raster order."""
-    t, h, w = grid
+    return _grid_offsets(*grid) + start
+
+
+_TEXT_POSITIONS = torch.arange(1024).unsqueeze(-1).expand(-1, 3)
+
+
+def _text_positions(start: int, n: int) -> torch.Tensor:
+    """(n, 3) positions (p, p, p) from `start`: a slice of one shared table (grown on demand)."""
+    global _TEXT_POSITIONS
+    if start + n > len(_TEXT_POSITIONS):
+        _TEXT_POSITIONS = torch.arange(2 * (start + n)).unsqueeze(-1).expand(-1, 3)
+    return _TEXT_POSITIONS[start:start + n]
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_offsets(t: int, h: int, w: int) -> torch.Tensor:
+    # cached: the loader asks for the same few grids once per image, thousands of times a step
     tt, hh, ww = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
-    return torch.stack([tt, hh, ww], -1).reshape(-1, 3) + start
+    return torch.stack([tt, hh, ww], -1).reshape(-1, 3)
 
 
 @dataclass
@@ -188,7 +208,7 @@ class Packer:
                 out.modality.append(TEXT)
                 out.span.append(0)
                 out.kinds.append(kind)
-            pos.append(torch.arange(cursor, cursor + len(ids)).unsqueeze(-1).expand(-1, 3))
+            pos.append(_text_positions(cursor, len(ids)))
             cursor += len(ids)
 
         def add_image(generated: bool) -> None:
@@ -265,24 +285,26 @@ class Packer:
         kinds = torch.zeros(b, width, dtype=torch.long)
         latents, grids, spans = [], [], []  # spans: (tokens, generated) in batch order
         for r, docs in enumerate(rows):
-            start, spans_so_far = 0, 0
-            for d, doc in enumerate(docs, start=1):
-                end = start + len(doc.tokens)
-                tokens[r, start:end] = torch.tensor(doc.tokens)
-                modality[r, start:end] = torch.tensor(doc.modality)
-                segment[r, start:end] = d
-                local = torch.tensor(doc.span)
-                span[r, start:end] = torch.where(local > 0, local + spans_so_far, 0)
-                positions[r, start:end] = doc.positions
-                kinds[r, start:end] = torch.tensor(doc.kinds)
+            if not docs:
+                continue
+            # one tensor per column and row (not per document): the loader builds ~200 documents a step
+            lengths = [len(doc.tokens) for doc in docs]
+            end = sum(lengths)
+            tokens[r, :end] = torch.tensor(list(itertools.chain.from_iterable(doc.tokens for doc in docs)))
+            modality[r, :end] = torch.tensor(list(itertools.chain.from_iterable(doc.modality for doc in docs)))
+            kinds[r, :end] = torch.tensor(list(itertools.chain.from_iterable(doc.kinds for doc in docs)))
+            segment[r, :end] = torch.repeat_interleave(torch.arange(1, len(docs) + 1), torch.tensor(lengths))
+            positions[r, :end] = torch.cat([doc.positions for doc in docs])
+            local_spans, spans_so_far = [], 0
+            for doc in docs:
+                local_spans.extend(s + spans_so_far if s > 0 else 0 for s in doc.span)
+                spans_so_far += len(doc.grids)
                 for vectors, grid, generated in zip(doc.latents or [None] * len(doc.grids), doc.grids, doc.generated):
-                    n = math.prod(grid)
                     if vectors is not None:
                         latents.append(vectors)
                     grids.append(grid)
-                    spans.append((n, generated))
-                spans_so_far += len(doc.grids)
-                start = end
+                    spans.append((math.prod(grid), generated))
+            span[r, :end] = torch.tensor(local_spans)
         # Target at i is the token at i+1 (same document); its kind was decided per position above.
         targets = torch.full_like(tokens, IGNORE)
         same_doc = (segment[:, 1:] == segment[:, :-1]) & (segment[:, 1:] > 0)

@@ -2,7 +2,8 @@
 
     nodd demo --out runs/demo          (what `make demo` runs, in a loopback-only namespace)
 
-1. trains a KL-VAE tokenizer on built-in shapes (configs/tokenizer/shapes_kl.toml),
+1. trains a KL-VAE tokenizer on built-in shapes (configs/tokenizer/shapes_kl.toml) and a BPE on
+   their captions (configs/tokenizer/captions_bpe.toml: a caption is 3-7 tokens, not 20-35 bytes),
 2. pre-encodes shapes images and moving-shapes mp4 clips with Ray into Parquet shards,
 3. verifies the shards and decodes samples back to PNG (and mp4) to look at,
 4. trains the transfusion model on 2 processes (FSDP; configs/train/shapes.toml),
@@ -26,8 +27,9 @@ log = logging.getLogger(__name__)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def run_demo(out: str | Path, samples: int = 2000, tokenizer_steps: int = 600, train_steps: int = 1000,
-             nproc: int = 2, eval_images: int = 64, eval_per_prompt: int = 4, eval_steps: int = 20) -> dict:
+def run_demo(out: str | Path, samples: int = 10000, tokenizer_steps: int = 350, train_steps: int = 1000,
+             nproc: int = 2, eval_images: int = 64, eval_per_prompt: int = 4, eval_steps: int = 20,
+             clips: int = 125) -> dict:
     out = Path(out)
     tok_dir = out / "tokenizer_kl"
     if (tok_dir / "fingerprint.txt").exists() and (tok_dir / "metrics.json").exists():
@@ -37,10 +39,12 @@ def run_demo(out: str | Path, samples: int = 2000, tokenizer_steps: int = 600, t
         tok_cfg = load_config(TokenizerTrainConfig, CONFIGS / "tokenizer" / "shapes_kl.toml",
                               [f"out_dir={_toml_str(tok_dir)}", f"steps={tokenizer_steps}"])
         metrics = train_tokenizer(tok_cfg)
+    text_tokenizer = _caption_tokenizer(out / "tokenizer_bpe")
     results = {}
-    for name, config, limit in (("shapes", "shapes.toml", samples), ("moving_shapes", "moving_shapes.toml", max(64, samples // 16))):
+    for name, config, limit in (("shapes", "shapes.toml", samples), ("moving_shapes", "moving_shapes.toml", clips)):
         prep_cfg = load_config(PrepConfig, CONFIGS / "prep" / config, [
-            f"out_dir={_toml_str(out / 'shards' / name)}", f"tokenizer.path={_toml_str(tok_dir)}", f"source.limit={limit}",
+            f"out_dir={_toml_str(out / 'shards' / name)}", f"tokenizer.path={_toml_str(tok_dir)}",
+            f"tokenizer.text={_toml_str(text_tokenizer)}", f"source.limit={limit}",
         ])
         manifest = run_prep(prep_cfg)
         problems = verify_shards(prep_cfg.out_dir, str(tok_dir))
@@ -50,7 +54,7 @@ def run_demo(out: str | Path, samples: int = 2000, tokenizer_steps: int = 600, t
         results[name] = {"shards": prep_cfg.out_dir, "samples": manifest["num_samples"], **written}
     run_dir = out / "train"
     if train_steps > 0:
-        results["train"] = _train_and_evaluate(run_dir, results["shapes"]["shards"], train_steps, nproc,
+        results["train"] = _train_and_evaluate(run_dir, results["shapes"]["shards"], text_tokenizer, train_steps, nproc,
                                                dict(per_prompt=eval_per_prompt, extra=24, images=eval_images,
                                                     steps=eval_steps, cfg_scale=3.0))
     print("\nnodd demo finished:")
@@ -72,18 +76,30 @@ def run_demo(out: str | Path, samples: int = 2000, tokenizer_steps: int = 600, t
     return {"tokenizer": metrics, **results}
 
 
-def _train_and_evaluate(run_dir: Path, shards: str, steps: int, nproc: int, eval_settings: dict) -> dict:
+def _caption_tokenizer(folder: Path) -> Path:
+    """The BPE the demo's captions are tokenised with (trained in seconds; reused when present)."""
+    path = folder / "tokenizer.json"
+    if not path.exists():
+        cfg = load_config(TokenizerTrainConfig, CONFIGS / "tokenizer" / "captions_bpe.toml", [f"out_dir={_toml_str(folder)}"])
+        train_tokenizer(cfg)
+    return path
+
+
+def _train_and_evaluate(run_dir: Path, shards: str, text_tokenizer: Path, steps: int, nproc: int,
+                        eval_settings: dict) -> dict:
     """`nodd train --nproc N` as a child (torchrun needs its own processes), then `nodd eval`."""
     import shutil
     import subprocess
     import sys
 
+    from model.tokenizers import load_text_tokenizer
     from pipeline.evaluate import evaluate
 
     shutil.rmtree(run_dir, ignore_errors=True)  # the demo trains from scratch every time
     command = [sys.executable, "-m", "pipeline.cli", "train", "--config", str(CONFIGS / "train" / "shapes.toml"),
                f"run_dir={_toml_str(run_dir)}", f"data.shards={_toml_str(Path(shards))}", f"train.steps={steps}",
-               f"train.checkpoint_every={steps}"]
+               f"train.checkpoint_every={steps}", f"data.text_tokenizer={_toml_str(text_tokenizer)}",
+               f"model.text_vocab_size={load_text_tokenizer(str(text_tokenizer)).vocab_size}"]
     if nproc > 1:
         command[4:4] = ["--nproc", str(nproc)]
     log.info("demo: training (%s)", " ".join(command[2:]))

@@ -54,7 +54,7 @@ def write_prep_job(folder: Path, tokenizer: Path, name: str, samples: int, extra
 name = "{name}"
 command = "prep"
 config = "{ROOT / 'configs/prep/shapes.toml'}"
-overrides = ['out_dir="{folder / 'shards'}"', 'tokenizer.path="{tokenizer}"', "source.limit={samples}",
+overrides = ['out_dir="{folder / 'shards'}"', 'tokenizer.path="{tokenizer}"', 'tokenizer.text="byte"', "source.limit={samples}",
              "shard_size={samples // 2}"]
 run_dir = "{folder / f'{name}-run'}"
 {extra}
