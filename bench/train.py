@@ -29,10 +29,11 @@ sys.path.insert(0, str(ROOT))
 LAYOUTS = {
     "1 process": (1, []),
     "2 processes, FSDP (dp_shard=2)": (2, ["parallel.dp_shard=2"]),
+    "2 processes, replicas (dp_replicate=2)": (2, ["parallel.dp_replicate=2", "parallel.dp_shard=1"]),
     "2 processes, TP (tp=2)": (2, ["parallel.tp=2", "parallel.dp_shard=1"]),
     # the same tokens per step as two micro-batches of half the rows through 2 stages (1F1B)
     "2 processes, PP (pp=2, 1F1B)": (2, ["parallel.pp=2", "parallel.dp_shard=1", "optim.grad_accum=2",
-                                         "data.batch_rows=2"]),
+                                         "data.batch_rows=4"]),
 }
 
 
@@ -83,10 +84,10 @@ def main() -> None:
                 results[name].append(run_layout(nproc, extra, args.shards, args.steps, Path(tmp)))
     print(f"\ntrain benchmark: {os.cpu_count()} cores, configs/train/shapes.toml, {args.steps} steps x {args.rounds} rounds")
     base = statistics.median(results["1 process"])
-    print(f"{'layout':34} {'tokens/s':>10} {'vs 1 process':>13}  runs")
+    print(f"{'layout':40} {'tokens/s':>10} {'vs 1 process':>13}  runs")
     for name, values in results.items():
         median = statistics.median(values)
-        print(f"{name:34} {median:>10,.0f} {median / base:>12.2f}x  {', '.join(f'{v:,.0f}' for v in values)}")
+        print(f"{name:40} {median:>10,.0f} {median / base:>12.2f}x  {', '.join(f'{v:,.0f}' for v in values)}")
     fastest = max(statistics.median(v) for v in results.values())
     print(f"\nloader alone: {loader_tps:,.0f} packed tokens/s (packing efficiency {efficiency:.1%}); "
           f"{loader_tps / fastest:.1f}x what the fastest layout consumes (target >= 10x)")

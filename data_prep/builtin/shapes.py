@@ -171,11 +171,12 @@ def _pick(rng: np.random.Generator, options: tuple[str, ...] | list[str]) -> str
     return str(options[int(rng.integers(len(options)))])
 
 
-def sample_scene(rng: np.random.Generator, image_size: int) -> Scene:
-    """Draw one scene: single 40%, count 30% (2 or 3 identical objects), relation 30%."""
+def sample_scene(rng: np.random.Generator, image_size: int,
+                 scene_probs: tuple[float, ...] = SCENE_PROBS) -> Scene:
+    """Draw one scene: by default single 40%, count 30% (2 or 3 identical objects), relation 30%."""
     _check_image_size(image_size)
     colors = list(COLORS)
-    kind = SCENE_KINDS[int(rng.choice(len(SCENE_KINDS), p=SCENE_PROBS))]
+    kind = SCENE_KINDS[int(rng.choice(len(SCENE_KINDS), p=scene_probs))]
     relation = None
     if kind == "single":
         shape, color = _pick(rng, SHAPES), _pick(rng, colors)
@@ -255,12 +256,25 @@ def scene_from_meta(meta: dict) -> Scene:
                         f"shape, color, cx, cy, size, as written by scene_to_meta") from exc
 
 
-def shapes_sample(seed: int, index: int, image_size: int = 32) -> tuple[np.ndarray, str, dict]:
-    """Sample `index` of the shapes set with `seed`: (image, caption, meta), fully deterministic."""
+def scene_probabilities(weights: list[float] | tuple[float, ...] | None) -> tuple[float, ...]:
+    """Normalised (single, count, relation) weights; empty or None = the default SCENE_PROBS."""
+    if not weights:
+        return SCENE_PROBS
+    if len(weights) != len(SCENE_KINDS) or min(weights) < 0 or sum(weights) <= 0:
+        raise DataError(f"scene weights must be {len(SCENE_KINDS)} numbers >= 0 for {', '.join(SCENE_KINDS)} "
+                        f"(not all 0), got {list(weights)}")
+    total = float(sum(weights))
+    return tuple(float(w) / total for w in weights)
+
+
+def shapes_sample(seed: int, index: int, image_size: int = 32,
+                  scene_weights: list[float] | tuple[float, ...] | None = None) -> tuple[np.ndarray, str, dict]:
+    """Sample `index` of the shapes set with `seed`: (image, caption, meta), fully deterministic.
+    `scene_weights` (single, count, relation) changes the mix of scene kinds; None = default."""
     if seed < 0 or index < 0:
         raise DataError(f"seed and index must be >= 0, got seed={seed}, index={index}")
     rng = np.random.default_rng([seed, index])
-    scene = sample_scene(rng, image_size)
+    scene = sample_scene(rng, image_size, scene_probabilities(scene_weights))
     meta = scene_to_meta(scene)
     meta.update(seed=int(seed), index=int(index), image_size=int(image_size))
     return render_scene(scene, image_size), scene.caption, meta

@@ -26,7 +26,7 @@ class ShapesSource(Source):
     def load(self, item: Item) -> Sample:
         from data_prep.builtin.shapes import shapes_sample
 
-        pixels, caption, meta = shapes_sample(self.cfg.seed, item.ref, self.media.image.size)
+        pixels, caption, meta = shapes_sample(self.cfg.seed, item.ref, self.media.image.size, self.cfg.scene_weights)
         return Sample(item.key, "image", caption, pixels, meta)
 
 

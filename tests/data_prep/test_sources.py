@@ -131,6 +131,8 @@ def test_builtin_shapes_and_moving_shapes(tmp_path):
     assert len(ok) == 20 and not bad and ok[0].meta["objects"]
     again = load_all("shapes", tmp_path, limit=20, seed=3)[1]
     assert all((a.pixels == b.pixels).all() for a, b in zip(ok, again))
+    relations = load_all("shapes", tmp_path, limit=20, seed=3, scene_weights=[0, 0, 1])[1]
+    assert {s.meta["kind"] for s in relations} == {"relation"}
     items, ok, bad, _ = load_all("moving_shapes", tmp_path, limit=6)
     assert len(ok) == 6 and not bad and ok[0].pixels.shape == (8, 32, 32, 3) and "moving" in ok[0].caption
     assert len(list((tmp_path / "cache").rglob("*.mp4"))) == 6  # real files, decoded like user videos

@@ -47,6 +47,16 @@ def test_scene_kind_frequencies():
     assert abs(kinds["relation"] / 3000 - 0.3) < 0.04
 
 
+def test_scene_weights_change_the_mix_and_the_default_is_unchanged():
+    kinds = Counter(shapes_sample(0, i, 32, [0.0, 0.2, 0.8])[2]["kind"] for i in range(1000))
+    assert kinds["single"] == 0 and abs(kinds["relation"] / 1000 - 0.8) < 0.05
+    # None, [] and the default weights draw the very same scenes
+    for i in range(20):
+        assert shapes_sample(0, i)[1] == shapes_sample(0, i, 32, [])[1] == shapes_sample(0, i, 32, [4, 3, 3])[1]
+    with pytest.raises(DataError, match="3 numbers >= 0"):
+        shapes_sample(0, 0, 32, [1, 2])
+
+
 def _box(obj: ShapeObject) -> tuple[float, float, float, float]:
     half = obj.size / 2
     return obj.cx - half, obj.cy - half, obj.cx + half, obj.cy + half
