@@ -90,7 +90,8 @@ def patchify(latent: torch.Tensor, p: int) -> tuple[torch.Tensor, tuple[int, int
                           f"pick a patch size that divides both")
     c = latent.shape[1]
     # plain view/permute, not einops: the loader patchifies thousands of latents a step
-    patches = latent.reshape(t, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(t * (h // p) * (w // p), c * p * p)
+    patches = latent.reshape(t, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+    patches = patches.reshape(t * (h // p) * (w // p), c * p * p)
     return patches, (t, h // p, w // p)
 
 

@@ -80,7 +80,8 @@ def _caption_tokenizer(folder: Path) -> Path:
     """The BPE the demo's captions are tokenised with (trained in seconds; reused when present)."""
     path = folder / "tokenizer.json"
     if not path.exists():
-        cfg = load_config(TokenizerTrainConfig, CONFIGS / "tokenizer" / "captions_bpe.toml", [f"out_dir={_toml_str(folder)}"])
+        cfg = load_config(TokenizerTrainConfig, CONFIGS / "tokenizer" / "captions_bpe.toml",
+                          [f"out_dir={_toml_str(folder)}"])
         train_tokenizer(cfg)
     return path
 
