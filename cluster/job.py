@@ -54,6 +54,14 @@ class PreparedJob:
     def nodd_argv(self, config_path: str | None = None) -> list[str]:
         return [self.python, "-m", "pipeline.cli", *self.nodd_args(config_path)]
 
+    def single_node_argv(self) -> list[str]:
+        """The job on one machine: training with several processes under `torchrun --standalone`
+        (a private rendezvous), anything else as it is (the local and Ray targets)."""
+        if self.spec.command == "train" and self.spec.procs > 1:
+            return [self.python, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc-per-node={self.spec.procs}", "-m", "pipeline.cli", *self.nodd_args()]
+        return self.nodd_argv()
+
     def write(self) -> None:
         """Everything a person (or a requeued job) needs to repeat this one, in RUN/job/."""
         self.job_dir.mkdir(parents=True, exist_ok=True)

@@ -17,11 +17,11 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.config import write_text_atomic  # standard library only, like this runner
+
 
 def write_state(path: Path, **state) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(state))
 
 
 def main(argv: list[str]) -> int:

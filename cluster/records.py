@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pipeline.config import write_text_atomic
 from pipeline.errors import ClusterError
 
 # States every target reports (each maps its scheduler's own words onto these).
@@ -58,9 +59,7 @@ def save_record(record: JobRecord) -> None:
     text = json.dumps(asdict(record), indent=2)
     for path in (registry_dir() / f"{record.id}.json", Path(record.run_dir) / "job" / "record.json"):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        write_text_atomic(path, text)
 
 
 def load_record(job_id: str) -> JobRecord:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
+from pipeline.config import toml_value
 from pipeline.errors import ConfigError
 
 
@@ -68,18 +69,10 @@ def expand(sweep: SweepSpec) -> list[SweepPoint]:
     for i, values in enumerate(itertools.product(*(sweep.grid[k] for k in keys))):
         params = dict(zip(keys, values))
         name = f"{sweep.name}-{i:03d}"
-        job_over = [*sweep.job_overrides, f"name={_toml(name)}", f"run_dir={_toml(f'{root}/{name}')}"]
+        job_over = [*sweep.job_overrides, f"name={toml_value(name)}", f"run_dir={toml_value(f'{root}/{name}')}"]
         config_over = []
         for key, value in params.items():
-            item = f"{key.removeprefix('job.')}={_toml(value)}"
+            item = f"{key.removeprefix('job.')}={toml_value(value)}"
             (job_over if key.startswith("job.") else config_over).append(item)
         points.append(SweepPoint(name, params, job_over, config_over, f"{root}/{name}"))
     return points
-
-
-def _toml(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

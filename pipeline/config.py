@@ -166,10 +166,15 @@ def save_resolved(cfg: Any, path: str | Path) -> Path:
     `--config <that file>`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dumps_toml(to_dict(cfg)), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, dumps_toml(to_dict(cfg)))
     return path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and a rename: readers see the old file or the new one, whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def dumps_toml(data: dict[str, Any]) -> str:
@@ -187,12 +192,13 @@ def _dump_table(data: dict[str, Any], path: list[str], lines: list[str]) -> None
         lines.append("")
         lines.append(f"[{'.'.join(path)}]")
     for key, value in scalars.items():
-        lines.append(f"{key} = {_toml_value(value)}")
+        lines.append(f"{key} = {toml_value(value)}")
     for key, value in tables.items():
         _dump_table(value, path + [key], lines)
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """One TOML value (bool, number, string, list), e.g. for a `key=value` override."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -200,7 +206,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, str):
         return json.dumps(value)  # JSON string escapes are valid TOML basic strings
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
@@ -209,5 +215,6 @@ def _join(prefix: str, name: str) -> str:
 
 
 __all__ = [
-    "load_config", "from_dict", "to_dict", "save_resolved", "dumps_toml", "parse_override", "read_toml",
+    "load_config", "from_dict", "to_dict", "save_resolved", "dumps_toml", "parse_override", "read_toml", "toml_value",
+    "write_text_atomic",
 ]

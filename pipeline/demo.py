@@ -19,7 +19,7 @@ from pathlib import Path
 from data_prep.config import PrepConfig
 from data_prep.prep import run_prep
 from data_prep.shards import inspect_shards, verify_shards
-from pipeline.config import load_config
+from pipeline.config import load_config, toml_value
 from pipeline.errors import DataError
 from pipeline.tokenizer_train import TokenizerTrainConfig, train_tokenizer
 
@@ -113,4 +113,4 @@ def _train_and_evaluate(run_dir: Path, shards: str, text_tokenizer: Path, steps:
 
 
 def _toml_str(path: Path) -> str:
-    return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return toml_value(str(path))

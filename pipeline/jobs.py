@@ -19,7 +19,7 @@ from cluster.job import PreparedJob
 from cluster.records import JobRecord, JobStatus, list_records, load_record, save_record
 from cluster.spec import JobSpec
 from cluster.targets import get_target
-from pipeline.config import dumps_toml, load_config, to_dict
+from pipeline.config import dumps_toml, load_config, to_dict, toml_value
 from pipeline.errors import ClusterError
 
 
@@ -36,7 +36,7 @@ def resolve_command_config(spec: JobSpec, run_dir: Path):
     if spec.command == "train":
         from pipeline.train.config import TrainConfig
 
-        cfg = load_config(TrainConfig, spec.config, overrides + [f"run_dir={_toml(str(run_dir))}"])
+        cfg = load_config(TrainConfig, spec.config, overrides + [f"run_dir={toml_value(str(run_dir))}"])
         pcfg = cfg.parallel.resolved(spec.world_size)
         pcfg.check_model(cfg.model, cfg.optim.grad_accum)
     elif spec.command == "prep":
@@ -117,7 +117,3 @@ def table() -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.submitted))
         rows.append(f"{record.id:28} {state:10} {record.name:20} {when}  {record.run_dir}")
     return "\n".join(rows)
-
-
-def _toml(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

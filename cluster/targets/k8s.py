@@ -19,8 +19,9 @@ import json
 import shlex
 
 from cluster.job import PreparedJob
-from cluster.records import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, UNKNOWN, JobRecord, JobStatus
+from cluster.records import COMPLETED, FAILED, PENDING, RUNNING, UNKNOWN, JobRecord, JobStatus
 from cluster.targets.base import Target, run_tool
+from cluster.targets.ray_jobs import STATES as RAY_STATES
 from pipeline.errors import ClusterError, ConfigError
 
 MANIFESTS = "manifests.yaml"
@@ -65,10 +66,8 @@ class K8sTarget(Target):
                          "-o", "json"], "kubectl get")
         status = json.loads(done.stdout).get("status", {})
         if d["kind"] == "RayJob":
-            state = status.get("jobStatus", "PENDING")
-            mapping = {"PENDING": PENDING, "RUNNING": RUNNING, "SUCCEEDED": COMPLETED, "FAILED": FAILED,
-                       "STOPPED": CANCELLED}
-            return JobStatus(mapping.get(state, UNKNOWN), state)
+            state = status.get("jobStatus", "PENDING")  # the Ray Jobs states, as the Ray target reads them
+            return JobStatus(RAY_STATES.get(state, UNKNOWN), state)
         conditions = [c for c in status.get("conditions", []) if c.get("status") == "True"]
         if not conditions:
             return JobStatus(PENDING, "no condition yet")

@@ -27,18 +27,11 @@ class LocalTarget(Target):
         import shlex
 
         return {"command.sh": "#!/bin/sh\n# what `nodd submit --target local` runs (detached)\nexec "
-                              + shlex.join(self.job_argv(job)) + "\n"}
-
-    def job_argv(self, job: PreparedJob) -> list[str]:
-        spec = job.spec
-        if spec.command == "train" and spec.procs > 1:
-            return [job.python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={spec.procs}",
-                    "-m", "pipeline.cli", *job.nodd_args()]
-        return job.nodd_argv()
+                              + shlex.join(job.single_node_argv()) + "\n"}
 
     def command(self, job: PreparedJob) -> list[str]:
         return [sys.executable, "-m", "cluster.local_runner", str(job.job_dir / "local_state.json"), "--",
-                *self.job_argv(job)]
+                *job.single_node_argv()]
 
     def submit(self, job: PreparedJob) -> JobRecord:
         if job.spec.nodes > 1:

@@ -33,10 +33,7 @@ class RayTarget(Target):
 
     def payload(self, job: PreparedJob) -> dict:
         spec = job.spec
-        argv = job.nodd_argv()
-        if spec.command == "train" and spec.procs > 1:
-            argv = [job.python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={spec.procs}",
-                    "-m", "pipeline.cli", *job.nodd_args()]
+        argv = job.single_node_argv()
         if spec.command == "prep":
             argv.append("ray.address=auto")
         entrypoint = f"cd {shlex.quote(str(job.workdir))} && {shlex.join(argv)}"

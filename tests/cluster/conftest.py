@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 
-
 @pytest.fixture(autouse=True)
 def nodd_home(tmp_path, monkeypatch) -> Path:
     """Each test gets its own job registry (NODD_HOME)."""
