@@ -36,9 +36,10 @@ class TimeEmbedding(nn.Module):
         return self.mlp(sinusoidal(t * 1000.0, self.features).to(self.mlp[0].weight.dtype))
 
 
-class PositionQuery(nn.Module):
-    """mar random order: embeds the (t, h, w) position of the token to predict next, added to the
-    current input so the model knows which token it is asked for (RandAR-style target query)."""
+class GridEmbedding(nn.Module):
+    """(t, h, w) offsets inside an image -> (.., W): sin/cos features per axis, one linear layer.
+    Two uses: the absolute position of each patch (`patch_positions`), and in mar random order
+    the position of the token to predict next (RandAR-style target query)."""
 
     def __init__(self, width: int, features: int = 64):
         super().__init__()

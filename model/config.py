@@ -39,6 +39,10 @@ class ModelConfig:
             same value on all three axes; image/video patches add their grid offsets to the
             position where the image starts, and text after it resumes past the image.
         norm_eps: RMSNorm epsilon.
+        patch_positions: add an absolute embedding of each image patch's (t, h, w) offsets in
+            its image to its input (DiT and SD3 add one). Rotary positions alone are relative and
+            leave the values position-free, so "which colour is on the left" takes the model
+            several layers to work out; with this it is read off the patch itself.
         attention: "sdpa" (dense boolean mask; reference, trains everywhere), "flex"
             (FlexAttention block mask; on CPU forward/no-grad only), "flash" (flash-attn varlen,
             CUDA, document-causal masks only: not transfusion), "auto" (fastest valid one).
@@ -71,6 +75,7 @@ class ModelConfig:
     mlp_hidden: int = 0
     qk_norm: bool = True
     rope_theta: float = 10000.0
+    patch_positions: bool = False
     norm_eps: float = 1e-5
     attention: Literal["auto", "sdpa", "flex", "flash"] = "auto"
     conv_adapter: bool = False

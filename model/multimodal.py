@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model import batch as pb
-from model.adapters import LatentInput, LatentOutput, PositionQuery, TimeEmbedding
+from model.adapters import GridEmbedding, LatentInput, LatentOutput, TimeEmbedding
 from model.attention import AttentionContext, KVCache
 from model.config import ModelConfig
 from model.flow import noised
@@ -51,7 +51,8 @@ class MultimodalModel(nn.Module):
         self.modality_embeddings = nn.Embedding(3, cfg.width)
         self.latent_in = LatentInput(cfg) if continuous else None
         self.time_embed = TimeEmbedding(cfg.width) if cfg.mode == "transfusion" else None
-        self.position_query = PositionQuery(cfg.width) if cfg.mode == "mar" and cfg.mar_order == "random" else None
+        self.position_query = GridEmbedding(cfg.width) if cfg.mode == "mar" and cfg.mar_order == "random" else None
+        self.patch_position = GridEmbedding(cfg.width) if cfg.patch_positions else None
         self.backbone = Backbone(cfg)
         self.lm_head = nn.Linear(cfg.width, cfg.vocab_size, bias=False)
         self.latent_out = LatentOutput(cfg) if cfg.mode == "transfusion" else None
@@ -69,7 +70,7 @@ class MultimodalModel(nn.Module):
         for module in (self.tok_embeddings, self.modality_embeddings):
             if module is not None:
                 nn.init.normal_(module.weight, std=std)
-        for part in (self.latent_in, self.time_embed, self.position_query, self.latent_out):
+        for part in (self.latent_in, self.time_embed, self.position_query, self.patch_position, self.latent_out):
             if part is None:
                 continue
             for module in part.modules():
@@ -89,10 +90,11 @@ class MultimodalModel(nn.Module):
     # ---- the shared trunk (training and sampling) ---------------------------------------------
     def embed(self, tokens: torch.Tensor, modality: torch.Tensor, latents: torch.Tensor | None,
               span_grid: torch.Tensor, times: torch.Tensor | None = None,
-              queries: torch.Tensor | None = None) -> torch.Tensor:
+              queries: torch.Tensor | None = None, coords: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) ids and modality, (N, D) latent inputs for the positions where modality != TEXT,
         (N,) diffusion times (transfusion), (B, T, 3) grid coordinates of the token each position
-        must predict next, or -1 (mar random order) -> (B, T, W)."""
+        must predict next, or -1 (mar random order), (B, T, 3) each token's own grid coordinates
+        (`patch_positions`; see batch.grid_coordinates) -> (B, T, W)."""
         h = self.tok_embeddings(tokens)
         if latents is not None and latents.numel():
             lat = self.latent_in(latents, span_grid)
@@ -101,6 +103,8 @@ class MultimodalModel(nn.Module):
             where = (modality != pb.TEXT).unsqueeze(-1)
             h = torch.where(where, torch.zeros_like(h).masked_scatter(where, lat.to(h.dtype)), h)
         h = h + self.modality_embeddings(modality)
+        if self.patch_position is not None and coords is not None:
+            h = h + torch.where((modality != pb.TEXT).unsqueeze(-1), self.patch_position(coords), 0.0)
         if self.position_query is not None and queries is not None:
             h = h + torch.where((queries >= 0).all(-1, keepdim=True), self.position_query(queries.clamp(min=0)), 0.0)
         return h
@@ -131,9 +135,12 @@ class MultimodalModel(nn.Module):
         return batch.latents, None
 
     def embed_batch(self, batch: pb.PackedBatch, inputs: torch.Tensor | None) -> torch.Tensor:
-        queries = next_grid_queries(batch) if self.position_query is not None else None
-        h = self.embed(batch.tokens, batch.modality, inputs, batch.span_grid, batch.times, queries)
-        return h + untouched(self.latent_in, self.time_embed, self.position_query)
+        coords = None
+        if self.position_query is not None or self.patch_position is not None:
+            coords = pb.grid_coordinates(batch.positions, batch.span_ids)
+        queries = next_grid_queries(batch, coords) if self.position_query is not None else None
+        h = self.embed(batch.tokens, batch.modality, inputs, batch.span_grid, batch.times, queries, coords)
+        return h + untouched(self.latent_in, self.time_embed, self.position_query, self.patch_position)
 
     def batch_context(self, batch: pb.PackedBatch) -> AttentionContext:
         return self.context(batch.segment_ids, batch.span_ids, batch.positions)
@@ -203,10 +210,10 @@ def untouched(*modules: nn.Module | None) -> torch.Tensor | float:
     return total
 
 
-def next_grid_queries(batch: pb.PackedBatch) -> torch.Tensor:
+def next_grid_queries(batch: pb.PackedBatch, coords: torch.Tensor) -> torch.Tensor:
     """(B, T, 3): at positions that predict a latent token, that token's grid coordinates
-    (t, h, w) inside its image; -1 elsewhere. Feeds MAR's random-order position queries."""
-    coords = pb.grid_coordinates(batch.positions, batch.span_ids)
+    (t, h, w) inside its image (`coords`, from batch.grid_coordinates); -1 elsewhere. Feeds
+    MAR's random-order position queries."""
     queries = torch.full_like(coords, -1)
     predicts = batch.target_kind[:, :-1] == pb.IMAGE_LOSS
     queries[:, :-1] = torch.where(predicts.unsqueeze(-1), coords[:, 1:], -1)

@@ -9,7 +9,7 @@ Heavy imports (torch, ray) happen inside the handlers, so `nodd --help` stays fa
     nodd export RUN [--out DIR]
     nodd sample --run RUN --prompt "a red circle" [--n 8] [--steps 20] [--cfg 3.0] [--seed 0] [--out DIR]
     nodd caption --run RUN IMAGE [IMAGE ...]
-    nodd eval --run RUN [--per-prompt 4] [--images 64] [--steps 20] [--cfg 3.0]
+    nodd eval --run RUN [--per-prompt 4] [--images 256] [--steps 20] [--cfg 3.0]
     nodd demo [--out runs/demo]
     nodd submit --target local|slurm|ray|k8s --job configs/cluster/<name>.toml [--dry-run]   (cli_cluster.py)
     nodd jobs list | status ID [--wait] | logs ID | cancel ID
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--run", required=True, help="run directory (eval.json and report.md are written there)")
     ev.add_argument("--per-prompt", type=int, default=4, help="images generated per prompt (default 4)")
     ev.add_argument("--extra-prompts", type=int, default=24, help="count/relation prompts besides the 24 single objects")
-    ev.add_argument("--images", type=int, default=64, help="held-out images to caption (default 64)")
+    ev.add_argument("--images", type=int, default=256, help="held-out images to caption (default 256)")
     ev.add_argument("--steps", type=int, default=20, help="ODE steps (default 20)")
     ev.add_argument("--cfg", type=float, default=3.0, help="guidance scale (default 3; 0 = off)")
 

@@ -28,7 +28,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def run_demo(out: str | Path, samples: int = 10000, tokenizer_steps: int = 350, train_steps: int = 1000,
-             nproc: int = 2, eval_images: int = 64, eval_per_prompt: int = 4, eval_steps: int = 20,
+             nproc: int = 2, eval_images: int = 256, eval_per_prompt: int = 4, eval_steps: int = 20,
              clips: int = 125) -> dict:
     out = Path(out)
     tok_dir = out / "tokenizer_kl"
@@ -68,10 +68,14 @@ def run_demo(out: str | Path, samples: int = 10000, tokenizer_steps: int = 350, 
                 print(f"  {'':16s} decoded samples: {info[kind]}")
     if "train" in results:
         ev = results["train"]
+        und = ev["understanding"]
+        by_kind = ", ".join(f"{kind} {und[f'{kind}_accuracy']:.2f}" for kind in ("single", "count", "relation")
+                            if und.get(f"{kind}_accuracy") is not None)
         print(f"  model            {run_dir}: {train_steps} steps on {nproc} processes; generation accuracy "
               f"{ev['generation']['single_object_accuracy']:.2f} on single-object prompts "
               f"({ev['generation']['overall_accuracy']:.2f} overall), caption accuracy "
-              f"{ev['understanding']['caption_accuracy']:.2f}, text perplexity {ev['text']['perplexity']:.2f}")
+              f"{und['caption_accuracy']:.2f} ({by_kind}; {und['images']} images), "
+              f"text perplexity {ev['text']['perplexity']:.2f}")
         print(f"  {'':16s} report: {run_dir / 'report.md'}")
     return {"tokenizer": metrics, **results}
 

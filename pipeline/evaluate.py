@@ -1,13 +1,15 @@
 """`nodd eval --run RUN`: what a run learned, on the built-in shapes benchmark (CPU only).
 
-    nodd eval --run runs/train/shapes [--per-prompt 4] [--images 64] [--steps 20] [--cfg 3.0]
+    nodd eval --run runs/train/shapes [--per-prompt 4] [--images 256] [--steps 20] [--cfg 3.0]
 
   generation     prompts from an attribute grid (every colour x shape as a single object, plus
                  counts and relations drawn with a held-out seed), images generated, read back
                  by the pixel attribute reader: object / colour / count / position accuracy
                  (GenEval's categories) and overall
   understanding  held-out renders (another seed than any prep default) captioned by the model;
-                 correct when the reader finds the caption true of the image
+                 correct when the reader finds the caption true of the image; accuracy over all
+                 and per scene kind (single, count, relation). 256 images by default: at 64 an
+                 accuracy near 0.9 moves by +-0.04 (one binomial standard deviation)
   text           perplexity of the model on held-out captions
 
 Writes RUN/eval.json (generation.single_object_accuracy, generation.overall_accuracy,
@@ -78,7 +80,7 @@ def evaluate_generation(run: LoadedRun, per_prompt: int, extra: int, steps: int,
 def evaluate_understanding(run: LoadedRun, count: int, out_dir: Path) -> dict:
     from data_prep.shards import save_grid
 
-    images, truths = zip(*[shapes_sample(HELD_OUT_SEED + 1, i, run.image_size)[:2] for i in range(count)])
+    images, truths, metas = zip(*[shapes_sample(HELD_OUT_SEED + 1, i, run.image_size) for i in range(count)])
     images = np.stack(images)
     captions = caption_images(run, images)
     correct = []
@@ -86,7 +88,10 @@ def evaluate_understanding(run: LoadedRun, count: int, out_dir: Path) -> dict:
         correct.append(parse_caption(caption) is not None and bool(score_image(image, caption)["overall"]))
     save_grid(images[:16], out_dir / "eval_captioned.png", columns=8)
     examples = [{"truth": t, "caption": c, "correct": ok} for t, c, ok in zip(truths[:16], captions[:16], correct)]
-    return {"images": count, "caption_accuracy": _mean(correct), "examples": examples}
+    result = {"images": count, "caption_accuracy": _mean(correct)}
+    for kind in sorted({meta["kind"] for meta in metas}):
+        result[f"{kind}_accuracy"] = _mean([ok for ok, meta in zip(correct, metas) if meta["kind"] == kind])
+    return result | {"examples": examples}
 
 
 @torch.no_grad()
@@ -100,7 +105,7 @@ def text_perplexity(run: LoadedRun, count: int) -> dict:
     return {"captions": count, "perplexity": round(math.exp(float(out.losses["text"])), 4)}
 
 
-def evaluate(run_path: str | Path, per_prompt: int = 4, extra: int = 24, images: int = 64, steps: int = 20,
+def evaluate(run_path: str | Path, per_prompt: int = 4, extra: int = 24, images: int = 256, steps: int = 20,
              cfg_scale: float | None = 3.0) -> dict:
     run_path = Path(run_path)
     run = load_run(run_path)

@@ -119,7 +119,10 @@ class Decoder:
         if model.cfg.mode != "discrete" and bool(is_latent.any()):
             latents, times = self.latents[:, sl][is_latent], self.times[:, sl][is_latent]
         span_grid = self._span_grid(self.span[:, sl])
-        h = model.embed(tokens, modality, latents, span_grid, times, self.queries[:, sl])
+        coords = None
+        if model.patch_position is not None:  # over the whole sequence: a span may begin before sl
+            coords = pb.grid_coordinates(self.positions, self.span)[:, sl]
+        h = model.embed(tokens, modality, latents, span_grid, times, self.queries[:, sl], coords)
         if self.cache is not None:
             ctx = model.context(self.segment, self.span, self.positions, cache=self.cache, query_len=n)
         else:

@@ -34,6 +34,7 @@ def test_every_part_of_the_loss_falls_when_overfitting(mode):
 @pytest.mark.parametrize("overrides", [
     {"mode": "transfusion", "conv_adapter": True, "adapter_channels": 16, "patch_size": 2},
     {"mode": "mar", "mar_order": "random"},
+    {"mode": "discrete", "patch_positions": True},
 ])
 def test_variants_train(overrides):
     history, _ = overfit(tiny_config(**overrides), steps=25)
@@ -97,3 +98,16 @@ def test_every_parameter_gets_a_gradient_even_from_a_batch_without_images(mode):
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, missing
     assert all(float(p.grad.abs().sum()) == 0 for p in model.latent_in.parameters())
+
+
+def test_patch_positions_tell_identical_patches_apart():
+    """The same latent at every patch of an image embeds identically without patch_positions
+    (rotary positions act later, in attention) and differently, place by place, with them."""
+    for positions in (False, True):
+        cfg = tiny_config("transfusion", patch_positions=positions)
+        model = tiny_model(cfg)
+        doc = Document("understand", [], latent=torch.ones(cfg.latent_channels, cfg.latent_size, cfg.latent_size))
+        batch = packer(cfg).pack([doc])
+        h = model.embed_batch(batch, batch.latents)[batch.latent_mask]
+        distinct = len({tuple(row.tolist()) for row in h.detach().round(decimals=5)})
+        assert distinct == (h.shape[0] if positions else 1), (positions, distinct)

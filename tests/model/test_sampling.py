@@ -10,7 +10,10 @@ from support.model_helpers import BOS, EOS, documents, packer, tiny_config, tiny
 def models():
     """One briefly trained tiny model per mode (trained so outputs are not uniform noise)."""
     out = {}
-    for mode, extra in [("transfusion", {}), ("mar", {}), ("discrete", {}), ("mar-random", {"mar_order": "random"})]:
+    variants = [("transfusion", {}), ("mar", {}), ("discrete", {}), ("mar-random", {"mar_order": "random"}),
+                ("transfusion-positions", {"patch_positions": True}),
+                ("mar-random-positions", {"mar_order": "random", "patch_positions": True})]
+    for mode, extra in variants:
         cfg = tiny_config(mode.split("-")[0], **extra)
         model = tiny_model(cfg)
         batch = packer(cfg).pack(documents(cfg), generator=torch.Generator().manual_seed(0))
@@ -49,7 +52,8 @@ def test_text_is_seeded_and_cache_matches_recompute(models):
     assert all(len(ids) <= 8 for ids in sampled)
 
 
-@pytest.mark.parametrize("mode", ["transfusion", "mar", "mar-random", "discrete"])
+@pytest.mark.parametrize("mode", ["transfusion", "mar", "mar-random", "discrete", "transfusion-positions",
+                                  "mar-random-positions"])
 def test_image_generation_is_seeded_cached_and_cfg1_is_conditional(models, mode):
     model = models[mode]
     kwargs = dict(steps=4, seed=1, temperature=1.0)
@@ -76,11 +80,11 @@ def test_transfusion_heun_and_video(models):
     assert video.shape == (1, 2, 4, 4, 4) and torch.isfinite(video).all()
 
 
-@pytest.mark.parametrize("mode", ["transfusion", "discrete"])
+@pytest.mark.parametrize("mode", ["transfusion", "discrete", "transfusion-positions"])
 def test_captioning_cached_matches_uncached(models, mode):
     model = models[mode]
     cfg = model.cfg
-    images = (torch.randint(0, cfg.codebook_size, (2, 4, 4)) if mode == "discrete" else torch.randn(2, 4, 4, 4))
+    images = (torch.randint(0, cfg.codebook_size, (2, 4, 4)) if cfg.mode == "discrete" else torch.randn(2, 4, 4, 4))
     ids = caption(model, images, BOS, EOS, max_new_tokens=6)
     assert ids == caption(model, images, BOS, EOS, max_new_tokens=6, use_cache=False)
     assert len(ids) == 2 and all(i < cfg.text_vocab_size for row in ids for i in row)

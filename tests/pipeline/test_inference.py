@@ -41,6 +41,9 @@ def test_eval_writes_metrics_and_report(tmp_path, shards, capsys):
                   results["understanding"]["caption_accuracy"]):
         assert 0.0 <= value <= 1.0
     assert results["text"]["perplexity"] > 1.0
+    und = results["understanding"]
+    by_kind = {k for k in und if k.endswith("_accuracy") and k != "caption_accuracy"}
+    assert und["images"] == 4 and by_kind and by_kind <= {"single_accuracy", "count_accuracy", "relation_accuracy"}
     report = (run / "report.md").read_text()
     assert "generation.single_object_accuracy" in report and (run / "losses.png").stat().st_size > 0
     assert (run / "eval_generations.png").is_file() and "report:" in capsys.readouterr().out

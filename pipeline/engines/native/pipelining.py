@@ -28,7 +28,8 @@ from model.batch import PackedBatch
 from model.multimodal import MultimodalModel, StepOutput
 from pipeline.engines.native.steps import PARTS, share_from_last_stage
 
-FIRST_STAGE_PARTS = ("tok_embeddings", "modality_embeddings", "latent_in", "time_embed", "position_query")
+FIRST_STAGE_PARTS = ("tok_embeddings", "modality_embeddings", "latent_in", "time_embed", "position_query",
+                     "patch_position")
 LAST_STAGE_PARTS = ("lm_head", "latent_out", "mar_head")
 
 
