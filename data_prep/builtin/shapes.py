@@ -92,6 +92,25 @@ def caption_for(scene: Scene) -> str:
     raise DataError(f"unknown scene kind {scene.kind!r}; use one of {', '.join(SCENE_KINDS)}")
 
 
+_INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def paraphrases(caption: str) -> list[str]:
+    """Every caption of the shapes grammar that says the same: a relation named from either
+    object ("a red circle left of a blue square" = "a blue square right of a red circle");
+    other captions (and text outside the grammar) have one form. The caption comes first."""
+    for relation in RELATIONS:
+        first, sep, second = caption.partition(f" {relation} ")
+        if sep and _is_one_object(first) and _is_one_object(second):
+            return [caption, f"{second} {_INVERSE[relation]} {first}"]
+    return [caption]
+
+
+def _is_one_object(phrase: str) -> bool:
+    words = phrase.split()
+    return len(words) == 3 and words[0] == "a" and words[1] in COLORS and words[2] in SHAPES
+
+
 def _check_image_size(image_size: int) -> None:
     if int(image_size) != image_size or image_size < MIN_IMAGE_SIZE:
         raise DataError(f"image_size must be an integer >= {MIN_IMAGE_SIZE}, got {image_size}; "

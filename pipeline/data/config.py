@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from pipeline.errors import ConfigError
 
+CAPTION_VARIANTS = ("", "shapes")  # the phrasings behind each name: pipeline/data/samples.py
+
 
 @dataclass
 class DataConfig:
@@ -25,6 +27,11 @@ class DataConfig:
             unconditional branch classifier-free guidance needs).
         sample_latents: draw latents from the stored KL posterior N(mean, exp(logvar)) instead
             of using the mean.
+        caption_variants: "" (captions as stored) or "shapes": each use of a shapes caption
+            draws one of its equivalent phrasings (data_prep.builtin.shapes.paraphrases: a
+            relation named from either object) and re-tokenises it, so one image is seen as
+            "A left of B" and as "B right of A" (COCO-style several captions per image). Off in
+            the demo: one 1,000-step run gave captions 0.84 with it against 0.80 without.
         normalise_latents: standardise each latent channel with the manifest's statistics.
         shuffle_buffer: rows held for shuffling (0 = read in shard order).
         seed: seeds shard order, shuffling, task draws, dropout and noise; epoch-dependent.
@@ -42,6 +49,7 @@ class DataConfig:
     text_only: float = 0.1
     caption_dropout: float = 0.1
     sample_latents: bool = True
+    caption_variants: str = ""
     normalise_latents: bool = True
     shuffle_buffer: int = 1024
     seed: int = 0
@@ -62,5 +70,8 @@ class DataConfig:
                               "and not all zero")
         if not 0 <= self.caption_dropout <= 1:
             raise ConfigError(f"data.caption_dropout={self.caption_dropout} must be in [0, 1]")
+        if self.caption_variants not in CAPTION_VARIANTS:
+            raise ConfigError(f"data.caption_variants={self.caption_variants!r} is not one of "
+                              f"{', '.join(repr(k) for k in CAPTION_VARIANTS)}")
         if self.shuffle_buffer < 0 or self.lookahead < 0:
             raise ConfigError("data.shuffle_buffer and data.lookahead must be >= 0")

@@ -106,17 +106,35 @@ def check_tokenizers(cfg: DataConfig, manifests: list[schema.Manifest], model: M
             raise DataError(f"shards have {shape[0]} latent channels, model.latent_channels={model.latent_channels}")
 
 
+def _phrasings(name: str):
+    """data.caption_variants -> caption -> its equivalent phrasings (None: captions as stored)."""
+    if name == "shapes":
+        from data_prep.builtin.shapes import paraphrases
+        return paraphrases
+    return None
+
+
 class SampleBuilder:
-    def __init__(self, cfg: DataConfig, model: ModelConfig, norm: LatentNorm | None):
+    def __init__(self, cfg: DataConfig, model: ModelConfig, norm: LatentNorm | None, text=None):
+        """`text`: the run's text tokenizer, needed to re-tokenise drawn caption variants."""
         weights = np.array([cfg.text_to_image, cfg.image_to_text, cfg.text_only], dtype=np.float64)
         self.weights = weights / weights.sum()
         self.cfg, self.mode, self.norm = cfg, model.mode, norm  # None: latents are used as stored
+        self.phrasings = _phrasings(cfg.caption_variants)
+        if self.phrasings is not None and text is None:
+            raise ValueError("data.caption_variants needs the text tokenizer to re-tokenise captions")
+        self.text = text
 
     def build(self, row: dict[str, Any], rng: np.random.Generator) -> Document:
         text_ids = list(row["text_ids"] or [])
         if row["modality"] == "text":
             return Document("text", text_ids)
         task = TASKS[int(rng.choice(3, p=self.weights))]
+        if self.phrasings is not None and row.get("caption"):
+            options = self.phrasings(row["caption"])
+            if len(options) > 1:  # options[0] is the stored caption: keep its stored ids
+                pick = int(rng.integers(len(options)))
+                text_ids = text_ids if pick == 0 else self.text.encode(options[pick])
         if task == "text":
             return Document("text", text_ids)
         if task == "generate" and rng.random() < self.cfg.caption_dropout:

@@ -6,9 +6,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from data_prep.builtin.attributes import parse_caption
+from data_prep.builtin.attributes import parse_caption, score_image
 from data_prep.builtin.shapes import (COLORS, SHAPES, Scene, ShapeObject, number_word,
-                                      render_scene, sample_scene, scene_from_meta,
+                                      paraphrases, render_scene, sample_scene, scene_from_meta,
                                       scene_to_meta, shape_mask, shapes_sample)
 from pipeline.errors import DataError
 
@@ -124,6 +124,22 @@ def test_caption_wording():
     assert any(c.startswith("two ") and c.endswith("s") for c in captions)
     assert any(c.startswith("three ") and c.endswith("s") for c in captions)
     assert any(" left of " in c for c in captions) and any(" below " in c for c in captions)
+
+
+def test_paraphrases_say_the_same_of_the_image():
+    seen = Counter()
+    for index in range(200):
+        image, caption, meta = shapes_sample(5, index)
+        forms = paraphrases(caption)
+        assert forms[0] == caption and len(set(forms)) == len(forms)
+        assert len(forms) == (2 if meta["kind"] == "relation" else 1), caption
+        for form in forms:  # the attribute reader finds every phrasing true of the picture
+            assert score_image(image, form)["overall"], (caption, form)
+        seen[len(forms)] += 1
+    assert seen[1] and seen[2]
+    assert paraphrases("a red circle above a blue square") == ["a red circle above a blue square",
+                                                              "a blue square below a red circle"]
+    assert paraphrases("the dog left of the tree") == ["the dog left of the tree"]  # not the grammar
 
 
 def test_meta_round_trip_is_json_able():

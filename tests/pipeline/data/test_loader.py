@@ -2,6 +2,7 @@
 
 import pickle
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -73,6 +74,31 @@ def test_task_mix_dropout_and_latent_normalisation(shards):
     assert abs(latents.mean()) < 0.2 and 0.7 < latents.std() < 1.3  # standardised per channel
     raw = loader.norm.denormalise(latents[0])
     assert np.allclose(loader.norm.normalise(raw), latents[0], atol=1e-5)
+
+
+def test_caption_variants_draw_both_phrasings_of_a_relation(shards):
+    """data.caption_variants="shapes": a relation caption is used as stored or named from the
+    other object, re-tokenised with the run's tokenizer; other captions keep their stored ids."""
+    from data_prep.builtin.shapes import paraphrases
+
+    varied = PackedLoader(data_cfg(shards["kl"], caption_variants='"shapes"'), model_cfg())
+    used = Counter()
+    for _ in range(150):
+        row = varied.reader.next()
+        doc = varied.builder.build(row, varied.rng)
+        assert list(row["text_ids"]) == list(row["caption"].encode())  # these shards are byte-level
+        if not doc.text_ids:  # dropped for guidance
+            continue
+        forms = paraphrases(row["caption"])
+        used[(len(forms), forms.index(bytes(doc.text_ids).decode()))] += 1
+    assert used[(2, 0)] and used[(2, 1)] and used[(1, 0)] and set(used) == {(1, 0), (2, 0), (2, 1)}
+    # the default keeps every stored caption (or drops it for guidance)
+    plain = PackedLoader(data_cfg(shards["kl"]), model_cfg())
+    for _ in range(50):
+        row = plain.reader.next()
+        assert plain.builder.build(row, plain.rng).text_ids in (list(row["text_ids"]), [])
+    with pytest.raises(ConfigError, match="caption_variants"):
+        data_cfg(shards["kl"], caption_variants='"coco"')
 
 
 def test_discrete_mode_reads_codes(shards):
