@@ -31,7 +31,7 @@ class DataConfig:
             draws one of its equivalent phrasings (data_prep.builtin.shapes.paraphrases: a
             relation named from either object) and re-tokenises it, so one image is seen as
             "A left of B" and as "B right of A" (COCO-style several captions per image). Off in
-            the demo: one 1,000-step run gave captions 0.84 with it against 0.80 without.
+            the demo: a 1,000-step run (seed 1) gave captions 0.84 with it, 0.80 without.
         normalise_latents: standardise each latent channel with the manifest's statistics.
         shuffle_buffer: rows held for shuffling (0 = read in shard order).
         seed: seeds shard order, shuffling, task draws, dropout and noise; epoch-dependent.
