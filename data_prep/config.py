@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, DataError
 
 SourceKind = Literal[
     "shapes", "moving_shapes", "digits", "photos",
@@ -52,10 +52,13 @@ class SourceConfig:
             raise ConfigError(f"source.limit must be > 0 for the generated source {self.kind!r} (how many samples)")
         if self.limit < 0:
             raise ConfigError("source.limit must be >= 0 (0 means all samples)")
-        if self.scene_weights and (len(self.scene_weights) != 3 or min(self.scene_weights) < 0
-                                   or sum(self.scene_weights) <= 0):
-            raise ConfigError(f"source.scene_weights={self.scene_weights} must be 3 weights >= 0 (single, count, "
-                              "relation scenes), not all 0; or [] for the default 0.4, 0.3, 0.3")
+        if self.scene_weights:
+            from data_prep.builtin.shapes import scene_probabilities  # the one check of these weights
+
+            try:
+                scene_probabilities(self.scene_weights)
+            except DataError as exc:
+                raise ConfigError(f"source.scene_weights: {exc} ([] = the default 0.4, 0.3, 0.3)") from exc
 
 
 @dataclass

@@ -108,7 +108,7 @@ def _train_and_evaluate(run_dir: Path, shards: str, text_tokenizer: Path, steps:
     if nproc > 1:
         command[4:4] = ["--nproc", str(nproc)]
         # Whole replicas, not FSDP shards: for a model this small the per-block all-gathers cost
-        # more than they save (1.3x the tokens/s of dp_shard=2 on 2 cores; bench/train.py).
+        # more than they save (1.15-1.4x the tokens/s of dp_shard=2 on 2 cores; bench/train.py).
         command += [f"parallel.dp_replicate={nproc}", "parallel.dp_shard=1"]
     log.info("demo: training (%s)", " ".join(command[2:]))
     if subprocess.call(command) != 0:

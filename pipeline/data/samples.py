@@ -115,15 +115,12 @@ def _phrasings(name: str):
 
 
 class SampleBuilder:
-    def __init__(self, cfg: DataConfig, model: ModelConfig, norm: LatentNorm | None, text=None):
-        """`text`: the run's text tokenizer, needed to re-tokenise drawn caption variants."""
+    def __init__(self, cfg: DataConfig, model: ModelConfig, norm: LatentNorm | None, text):
+        """`text`: the run's text tokenizer (re-tokenises drawn caption variants)."""
         weights = np.array([cfg.text_to_image, cfg.image_to_text, cfg.text_only], dtype=np.float64)
         self.weights = weights / weights.sum()
         self.cfg, self.mode, self.norm = cfg, model.mode, norm  # None: latents are used as stored
-        self.phrasings = _phrasings(cfg.caption_variants)
-        if self.phrasings is not None and text is None:
-            raise ValueError("data.caption_variants needs the text tokenizer to re-tokenise captions")
-        self.text = text
+        self.phrasings, self.text = _phrasings(cfg.caption_variants), text
 
     def build(self, row: dict[str, Any], rng: np.random.Generator) -> Document:
         text_ids = list(row["text_ids"] or [])

@@ -13,7 +13,7 @@ from support.media_files import png_bytes, write_clip
 
 from data_prep.config import ImageConfig, SourceConfig, VideoConfig
 from data_prep.sources import Sample, SampleFailure, build_source
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
 
 
 def load_all(kind, tmp_path, **source):
@@ -133,6 +133,9 @@ def test_builtin_shapes_and_moving_shapes(tmp_path):
     assert all((a.pixels == b.pixels).all() for a, b in zip(ok, again))
     relations = load_all("shapes", tmp_path, limit=20, seed=3, scene_weights=[0, 0, 1])[1]
     assert {s.meta["kind"] for s in relations} == {"relation"}
+    for bad_weights in ([1, 2], [0, 0, 0], [1, -1, 1]):
+        with pytest.raises(ConfigError, match="source.scene_weights: scene weights must be 3"):
+            SourceConfig(kind="shapes", limit=4, scene_weights=bad_weights).validate()
     items, ok, bad, _ = load_all("moving_shapes", tmp_path, limit=6)
     assert len(ok) == 6 and not bad and ok[0].pixels.shape == (8, 32, 32, 3) and "moving" in ok[0].caption
     assert len(list((tmp_path / "cache").rglob("*.mp4"))) == 6  # real files, decoded like user videos
