@@ -69,9 +69,9 @@ def plain_loop(npy: Path, n: int, tokenizer_dir: Path, batch: int) -> float:
 
 def ray_pipeline(npy: Path, n: int, tokenizer_dir: Path, out_dir: Path, batch: int, shard_size: int) -> float:
     """images/s of `nodd prep` on an already running Ray (start-up measured separately)."""
+    from core.config import load_config
     from data_prep.config import PrepConfig
     from data_prep.prep import run_prep
-    from pipeline.config import load_config
 
     shutil.rmtree(out_dir, ignore_errors=True)
     cfg = load_config(PrepConfig, None, [

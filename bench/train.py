@@ -54,8 +54,8 @@ def run_layout(nproc: int, extra: list[str], shards: str, steps: int, workdir: P
 
 
 def loader_tokens_per_s(shards: str, batches: int) -> tuple[float, float]:
+    from core.config import load_config
     from model.config import ModelConfig
-    from pipeline.config import load_config
     from pipeline.train.config import TrainConfig
 
     cfg = load_config(TrainConfig, ROOT / "configs/train/shapes.toml", [f"data.shards={shards}"])

@@ -1,2 +1,3 @@
-"""Where `nodd ...` commands run (local torchrun, Slurm, Ray jobs, Kubernetes). Standard library
-only: never torch, never `model`. Job specs and launchers arrive with the cluster issue."""
+"""Where `nodd ...` commands run (local torchrun, Slurm, Ray jobs, Kubernetes): job specs,
+renderers, launchers, records and sweeps. Standard library and `core` only: never torch, never
+`model`; a job runs `nodd` commands, it does not call the other packages' functions."""

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.config import write_text_atomic  # standard library only, like this runner
+from core.files import write_text_atomic  # standard library only, like this runner
 
 
 def write_state(path: Path, **state) -> None:

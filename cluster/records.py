@@ -15,8 +15,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.config import write_text_atomic
-from pipeline.errors import ClusterError
+from core.errors import ClusterError
+from core.files import write_text_atomic
 
 # States every target reports (each maps its scheduler's own words onto these).
 PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, REQUEUED, UNKNOWN = (

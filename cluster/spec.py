@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 
 COMMANDS = {"train": ["train"], "prep": ["prep"], "tokenizer": ["tokenizer", "train"]}
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,46}[a-z0-9])?$")  # valid for Slurm, Ray and Kubernetes alike

@@ -19,8 +19,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from pipeline.config import toml_value
-from pipeline.errors import ConfigError
+from core.config import toml_value
+from core.errors import ConfigError
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The `nodd prep` config tree (sections: source, image, video, tokenizer, ray).
 
-Read with `pipeline.config.load_config(PrepConfig, path, overrides)`; see configs/prep/*.toml.
+Read with `core.config.load_config(PrepConfig, path, overrides)`; see configs/prep/*.toml.
 `SourceConfig`, `ImageConfig` and `VideoConfig` are shared with `nodd tokenizer train`.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 
 SourceKind = Literal[
     "shapes", "moving_shapes", "digits", "photos",

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from core.files import atomic_path
 from data_prep import schema
 
 
@@ -32,8 +33,7 @@ def export_webdataset(out_dir: Path, manifest: schema.Manifest) -> Path:
     target.mkdir(exist_ok=True)
     for shard in manifest.shards:
         final = target / shard["file"].replace(".parquet", ".tar")
-        tmp = final.with_name(final.name + ".tmp")
-        with wds.TarWriter(str(tmp)) as sink:
+        with atomic_path(final) as tmp, wds.TarWriter(str(tmp)) as sink:
             for row in pq.read_table(out_dir / shard["file"]).to_pylist():
                 sample = {"__key__": wds_key(row["key"]), "txt": row["caption"] or "",
                           "json": json.dumps({"key": row["key"], "modality": row["modality"], "caption": row["caption"],
@@ -46,5 +46,4 @@ def export_webdataset(out_dir: Path, manifest: schema.Manifest) -> Path:
                 if row["codes"] is not None:
                     sample["codes.npy"] = _npy(schema.decode_codes(row))
                 sink.write(sample)
-        tmp.replace(final)
     return target

@@ -10,10 +10,11 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
+from core.errors import DataError
+from core.files import write_text_atomic
 from data_prep import schema
 from data_prep.config import PrepConfig
 from data_prep.stages import LatentStats
-from pipeline.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,7 @@ def merge_errors(out_dir: Path, num_units: int) -> list[dict]:
     for part in parts:
         if part.exists():
             errors.extend(json.loads(line) for line in part.read_text(encoding="utf-8").splitlines() if line)
-    tmp = out_dir / "errors.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(e) + "\n" for e in errors), encoding="utf-8")
-    tmp.replace(out_dir / "errors.jsonl")
+    write_text_atomic(out_dir / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors))
     return errors
 
 

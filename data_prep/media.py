@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from core.errors import SampleError
 from data_prep.config import ImageConfig, VideoConfig
-from pipeline.errors import SampleError
 
 # We check pixel counts ourselves (ImageConfig.max_pixels) before decoding, with a clear reason.
 Image.MAX_IMAGE_PIXELS = None

@@ -23,13 +23,23 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from core.config import save_resolved
+from core.errors import ConfigError, DataError
+from core.files import write_text_atomic
 from data_prep import schema
 from data_prep.config import PrepConfig
 from data_prep.finalize import finalize
 from data_prep.sources import Item, SampleFailure, build_source
-from data_prep.stages import FusedUnitWorker, UnitEncoder, UnitPayload, decode_unit, items_from_json, items_to_json, write_errors, write_unit
-from pipeline.config import save_resolved
-from pipeline.errors import ConfigError, DataError
+from data_prep.stages import (
+    FusedUnitWorker,
+    UnitEncoder,
+    UnitPayload,
+    decode_unit,
+    items_from_json,
+    items_to_json,
+    write_errors,
+    write_unit,
+)
 
 log = logging.getLogger(__name__)
 STATE = "prep_state.json"
@@ -121,9 +131,7 @@ def _check_state(cfg: PrepConfig, out_dir: Path, plan: Plan) -> None:
         return
     if any(out_dir.glob(schema.SHARD_GLOB)):
         raise ConfigError(f"{out_dir} already holds shards not made by this prep; choose an empty out_dir")
-    tmp = path.with_name(STATE + ".tmp")
-    tmp.write_text(json.dumps({"digest": digest, "state": state}, indent=2), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps({"digest": digest, "state": state}, indent=2))
 
 
 def _remove_partial_files(out_dir: Path) -> None:

@@ -13,8 +13,8 @@ import os
 import socket
 from pathlib import Path
 
+from core.errors import ClusterError
 from data_prep.config import RayConfig
-from pipeline.errors import ClusterError
 
 log = logging.getLogger(__name__)
 

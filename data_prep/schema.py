@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import DataError
+from core.errors import DataError
+from core.files import atomic_path, write_text_atomic
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -104,11 +104,8 @@ def rows_to_table(rows: list[dict[str, Any]], shard_meta: dict[str, Any]) -> pa.
 
 def write_shard(table: pa.Table, path: Path) -> None:
     """Atomic: a crash leaves either no shard or a whole one, never half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    with atomic_path(path, fsync=True) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
 
 
 def read_shard_meta(path: Path) -> dict[str, Any]:
@@ -144,9 +141,7 @@ class Manifest:
 
     def write(self, out_dir: Path) -> Path:
         path = Path(out_dir) / MANIFEST
-        tmp = path.with_name(MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(self.__dict__, indent=2, sort_keys=False), encoding="utf-8")
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(self.__dict__, indent=2, sort_keys=False))
         return path
 
     @classmethod

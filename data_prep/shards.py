@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from core.errors import DataError
 from data_prep import schema
-from pipeline.errors import DataError
 
 
 def verify_shards(out_dir: str | Path, tokenizer_path: str | None = None) -> list[str]:

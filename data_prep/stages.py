@@ -14,7 +14,6 @@ row-per-image pipeline ran at about 0.3x a plain torch loop, a row-per-unit one 
 from __future__ import annotations
 
 import json
-import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from core.files import write_text_atomic
 from data_prep import schema
 from data_prep.sources.base import Item, Sample, SampleFailure, Source
 
@@ -176,13 +176,8 @@ def write_unit(payload: UnitPayload, out_dir: Path, fingerprints: dict[str, str]
 
 def write_errors(path: Path, failures: list[SampleFailure]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for failure in failures:
-            f.write(json.dumps({"key": failure.key, "reason": failure.reason, "ref": failure.ref}, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    lines = (json.dumps({"key": f.key, "reason": f.reason, "ref": f.ref}, default=str) + "\n" for f in failures)
+    write_text_atomic(path, "".join(lines), fsync=True)
 
 
 class LatentStats:

@@ -1,5 +1,5 @@
 """The networks: parallelism-free, imports only torch, einops (and safetensors/tokenizers for the
-tokenizers) plus `pipeline.errors`.
+tokenizers) plus the standard-library `core`.
 
   config.py         ModelConfig: mode (transfusion | mar | discrete), sizes, backend, heads
   batch.py          Document -> PackedBatch (the contract every engine consumes), patchify

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from core.errors import ConfigError
 from model import masks
 from model.rope import rotary_angles
-from pipeline.errors import ConfigError
 
 # CPU sequences shorter than this stay on SDPA even without grad: flex's sparsity pays only on
 # long packed sequences (8x at 4,096 tokens, bench/README.md), and each new shape compiles.

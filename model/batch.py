@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from core.errors import ConfigError, DataError
 from model.config import ModelConfig
-from pipeline.errors import ConfigError, DataError
 
 TEXT, IMAGE, VIDEO = 0, 1, 2  # modality ids
 NO_LOSS, TEXT_LOSS, UNDERSTANDING_LOSS, IMAGE_LOSS = 0, 1, 2, 3  # target kinds

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 
 MODES = ("transfusion", "mar", "discrete")
 BACKENDS = ("auto", "sdpa", "flex", "flash")

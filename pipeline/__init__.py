@@ -1,3 +1,3 @@
-"""The run: CLI, config loading, errors, logging, tokenizer training, demo (training, sampling
-and evaluation join later). `pipeline.errors` and `pipeline.config` are standard-library-only
-leaves that every package may import."""
+"""The run: the `nodd` CLI, data loading and packing, the training engines and trainer,
+checkpoints and metrics, sampling, evaluation and reports, tokenizer training, the demo, and
+job submission through `cluster/`. See docs/architecture.md for the whole map."""

@@ -24,7 +24,7 @@ import argparse
 import json
 import sys
 
-from pipeline.errors import NoddError
+from core.errors import NoddError
 
 OVERRIDES_HELP = "config overrides like source.limit=500 image.size=64 (after the file's values)"
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _tokenizer(args) -> int:
-    from pipeline.config import load_config
+    from core.config import load_config
     from pipeline.tokenizer_train import TokenizerTrainConfig, train_tokenizer
 
     cfg = load_config(TokenizerTrainConfig, args.config, args.overrides)
@@ -126,9 +126,9 @@ def _tokenizer(args) -> int:
 
 
 def _prep(args) -> int:
+    from core.config import load_config
     from data_prep.config import PrepConfig
     from data_prep.prep import run_prep
-    from pipeline.config import load_config
 
     cfg = load_config(PrepConfig, args.config, args.overrides)
     manifest = run_prep(cfg)
@@ -158,7 +158,7 @@ def _shards(args) -> int:
 
 
 def _train(args) -> int:
-    from pipeline.config import load_config
+    from core.config import load_config
     from pipeline.train.config import TrainConfig
     from pipeline.train.launch import already_distributed, launch_local
 
@@ -212,9 +212,9 @@ def _caption(args) -> int:
 
     import numpy as np
 
+    from core.errors import DataError
     from data_prep.config import ImageConfig
     from data_prep.media import decode_image
-    from pipeline.errors import DataError
     from pipeline.inference import caption_images, load_run
 
     run = load_run(args.run)

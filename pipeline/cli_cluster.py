@@ -48,7 +48,8 @@ def add_parsers(commands) -> None:
 
 
 def submit(args: argparse.Namespace) -> int:
-    from pipeline.jobs import load_job, submit as submit_job
+    from pipeline.jobs import load_job
+    from pipeline.jobs import submit as submit_job
 
     spec = load_job(args.job, args.overrides, args.config_overrides)
     _, message = submit_job(spec, args.target, args.dry_run)
@@ -77,7 +78,7 @@ def jobs(args: argparse.Namespace) -> int:
 
 
 def sweep(args: argparse.Namespace) -> int:
-    from pipeline.errors import ConfigError
+    from core.errors import ConfigError
     from pipeline.sweeps import report, run_sweep
 
     if args.action == "report":

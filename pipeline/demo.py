@@ -16,11 +16,11 @@ import json
 import logging
 from pathlib import Path
 
+from core.config import load_config, toml_value
+from core.errors import DataError
 from data_prep.config import PrepConfig
 from data_prep.prep import run_prep
 from data_prep.shards import inspect_shards, verify_shards
-from pipeline.config import load_config, toml_value
-from pipeline.errors import DataError
 from pipeline.tokenizer_train import TokenizerTrainConfig, train_tokenizer
 
 log = logging.getLogger(__name__)

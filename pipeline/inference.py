@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.errors import DataError
 from model.config import ModelConfig
 from model.multimodal import MultimodalModel
 from pipeline.data.samples import LatentNorm
-from pipeline.errors import DataError
 
 EXPORT_WEIGHTS, EXPORT_META = "model.safetensors", "model.json"
 
@@ -83,7 +83,7 @@ def load_run(path: str | Path) -> LoadedRun:
     config = path / "train_config.toml"
     if not config.is_file():
         raise DataError(f"{path} is neither a run directory (train_config.toml) nor an export ({EXPORT_META})")
-    from pipeline.config import load_config
+    from core.config import load_config
     from pipeline.train.checkpoint import Checkpointer, load_weights
     from pipeline.train.config import TrainConfig
 

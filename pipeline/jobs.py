@@ -19,8 +19,8 @@ from cluster.job import PreparedJob
 from cluster.records import JobRecord, JobStatus, list_records, load_record, save_record
 from cluster.spec import JobSpec
 from cluster.targets import get_target
-from pipeline.config import dumps_toml, load_config, to_dict, toml_value
-from pipeline.errors import ClusterError
+from core.config import dumps_toml, load_config, to_dict, toml_value
+from core.errors import ClusterError
 
 
 def load_job(path: str | None, overrides: list[str], config_overrides: list[str]) -> JobSpec:

@@ -16,8 +16,8 @@ import statistics
 from pathlib import Path
 
 from cluster.sweep import SweepSpec, expand
-from pipeline.config import load_config
-from pipeline.errors import ConfigError, NoddError
+from core.config import load_config
+from core.errors import ConfigError, NoddError
 from pipeline.jobs import load_job, prepare, submit
 
 

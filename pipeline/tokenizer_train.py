@@ -22,11 +22,11 @@ from typing import Literal
 
 import numpy as np
 
+from core.config import save_resolved
+from core.errors import ConfigError, DataError
 from data_prep.config import ImageConfig, SourceConfig, VideoConfig
 from data_prep.sources import Sample, SampleFailure, build_source
 from model.tokenizers.config import TokenizerConfig
-from pipeline.config import save_resolved
-from pipeline.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

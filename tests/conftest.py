@@ -46,9 +46,9 @@ def tiny_tokenizers(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def shards(tmp_path_factory, tiny_tokenizers):
     """200 shapes images in 4 shards per tokenizer kind (one process, no Ray)."""
+    from core.config import load_config
     from data_prep.config import PrepConfig
     from data_prep.prep import run_prep
-    from pipeline.config import load_config
 
     out = {}
     for kind in ("kl", "fsq"):

@@ -24,6 +24,6 @@ def get_target(name: str) -> Target:
         from cluster.targets.k8s import K8sTarget
 
         return K8sTarget()
-    from pipeline.errors import ConfigError
+    from core.errors import ConfigError
 
     raise ConfigError(f"unknown target {name!r}; choose one of: {', '.join(TARGETS)}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cluster.job import PreparedJob
 from cluster.records import JobRecord, JobStatus
-from pipeline.errors import ClusterError
+from core.errors import ClusterError
 
 
 class Target(ABC):

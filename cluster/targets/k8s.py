@@ -22,7 +22,7 @@ from cluster.job import PreparedJob
 from cluster.records import COMPLETED, FAILED, PENDING, RUNNING, UNKNOWN, JobRecord, JobStatus
 from cluster.targets.base import Target, run_tool
 from cluster.targets.ray_jobs import STATES as RAY_STATES
-from pipeline.errors import ClusterError, ConfigError
+from core.errors import ClusterError, ConfigError
 
 MANIFESTS = "manifests.yaml"
 CONFIG_DIR = "/etc/nodd"

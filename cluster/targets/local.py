@@ -17,7 +17,7 @@ from pathlib import Path
 from cluster.job import PreparedJob
 from cluster.records import FAILED, PENDING, UNKNOWN, JobRecord, JobStatus
 from cluster.targets.base import Target, read_tail
-from pipeline.errors import ClusterError
+from core.errors import ClusterError
 
 
 class LocalTarget(Target):

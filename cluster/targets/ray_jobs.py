@@ -22,7 +22,7 @@ from pathlib import Path
 from cluster.job import PreparedJob
 from cluster.records import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING, UNKNOWN, JobRecord, JobStatus
 from cluster.targets.base import Target
-from pipeline.errors import ClusterError
+from core.errors import ClusterError
 
 STATES = {"PENDING": PENDING, "RUNNING": RUNNING, "SUCCEEDED": COMPLETED, "FAILED": FAILED, "STOPPED": CANCELLED}
 PAYLOAD = "ray_job.json"

@@ -55,7 +55,7 @@ class SlurmTarget(Target):
         done = run_tool(self.command(job), "submitting the sbatch script")
         job_id = done.stdout.strip().split(";")[0]
         if not job_id.isdigit():
-            from pipeline.errors import ClusterError
+            from core.errors import ClusterError
 
             raise ClusterError(f"sbatch answered {done.stdout.strip()!r}, not a job id")
         return JobRecord(self.name, job_id, job.spec.name, str(job.run_dir),
@@ -223,7 +223,7 @@ def _sbatch_path(path) -> str:
     """#SBATCH lines are not shell-parsed: a path with spaces or quotes cannot be expressed there."""
     text = str(path)
     if any(c.isspace() or c in "\"'\\" for c in text):
-        from pipeline.errors import ConfigError
+        from core.errors import ConfigError
 
         raise ConfigError(f"run_dir {text!r}: Slurm's #SBATCH --output cannot hold spaces or quotes; "
                           "choose a run directory without them")
@@ -232,7 +232,7 @@ def _sbatch_path(path) -> str:
 
 def _sbatch_word(value: str, field: str) -> str:
     if any(c.isspace() or c in "\"'\\$`;" for c in value):
-        from pipeline.errors import ConfigError
+        from core.errors import ConfigError
 
         raise ConfigError(f"{field} {value!r}: #SBATCH options cannot hold spaces, quotes or shell characters")
     return value

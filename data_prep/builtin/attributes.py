@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from core.errors import DataError
 from data_prep.builtin.shapes import COLORS, RELATIONS, SHAPES, noun_phrase
-from pipeline.errors import DataError
 
 _PALETTE_NAMES = list(COLORS)
 _PALETTE = np.array([COLORS[c] for c in _PALETTE_NAMES], dtype=np.float64)

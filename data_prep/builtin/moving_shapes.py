@@ -8,17 +8,15 @@ whose caption is exact: "a red circle moving right". Each clip is a pure functio
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 
 import av
 import numpy as np
 from rich.progress import track
 
-from data_prep.builtin.shapes import (COLORS, MIN_IMAGE_SIZE, MIN_OBJECT_SIZE, SHAPES, ShapeObject,
-                                      render_objects)
-from pipeline.errors import DataError
+from core.errors import DataError
+from core.files import atomic_path, write_text_atomic
+from data_prep.builtin.shapes import COLORS, MIN_IMAGE_SIZE, MIN_OBJECT_SIZE, SHAPES, ShapeObject, render_objects
 
 DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down")
 # Unit step of the object's box corner per direction, in (x, y) image coordinates (y down).
@@ -82,9 +80,10 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 8) -> None:
                         f"one pixel")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path)
     try:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
+        # unique: concurrent writers never share a temporary file (not mkstemp: its 0600 mode
+        # would survive the rename and hide clips from other users)
+        with atomic_path(path, unique=True) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=int(fps))
             stream.width, stream.height = width, height
             stream.pix_fmt = "yuv420p"
@@ -97,32 +96,10 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 8) -> None:
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
-        os.replace(tmp, path)
     except av.FFmpegError as exc:
-        tmp.unlink(missing_ok=True)
         raise DataError(f"could not encode {path} with libx264 ({exc}); check that the installed "
                         f"PyAV wheel includes libx264 and the directory is writable") from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
-
-def _temp_name(path: Path) -> Path:
-    """Hidden, unique name next to `path`: os.replace within a directory is an atomic rename,
-    so readers never see half a file and concurrent writers never share a temporary file.
-    (Not mkstemp: its 0600 mode would survive the rename and hide clips from other users.)"""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write UTF-8 text via a temporary name and a rename, like write_mp4."""
-    tmp = _temp_name(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def materialize(out_dir: str | Path, seed: int, count: int, image_size: int = 32,
@@ -151,7 +128,7 @@ def materialize(out_dir: str | Path, seed: int, count: int, image_size: int = 32
         if not mp4.exists():
             write_mp4(frames, mp4, fps)
         if not txt.exists():
-            _write_text_atomic(txt, caption)  # exact caption, no newline
+            write_text_atomic(txt, caption, unique=True)  # exact caption, no newline
         if not meta_path.exists():
-            _write_text_atomic(meta_path, json.dumps(meta, sort_keys=True) + "\n")
+            write_text_atomic(meta_path, json.dumps(meta, sort_keys=True) + "\n")
     return paths

@@ -11,7 +11,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from pipeline.errors import DataError
+from core.errors import DataError
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # skimage.data loader -> (file bundled in the wheel, what the photo shows). Only files present

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from pipeline.errors import DataError
+from core.errors import DataError
 
 # Saturated and far apart in hue, so the reader can tell them apart even after blur and noise.
 COLORS: dict[str, tuple[int, int, int]] = {

@@ -16,8 +16,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from core.errors import DataError, SampleError
 from data_prep.config import GENERATED_SOURCES, ImageConfig, SourceConfig, VideoConfig
-from pipeline.errors import DataError, SampleError
 
 
 @dataclass(frozen=True)

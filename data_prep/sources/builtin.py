@@ -9,11 +9,11 @@ from typing import Iterator
 
 import numpy as np
 
+from core.errors import DataError, SampleError
 from data_prep.config import SourceConfig
 from data_prep.media import check_caption, square_resize
 from data_prep.sources.base import BatchSource, Item, Media, Sample, SampleFailure, Source
 from data_prep.sources.folders import VideoFolderSource
-from pipeline.errors import DataError, SampleError
 
 
 class ShapesSource(Source):

@@ -10,9 +10,9 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.errors import DataError, SampleError
 from data_prep.media import decode_caption, decode_image
 from data_prep.sources.base import BatchSource, Item, LoadResult, Sample, SampleFailure, list_files
-from pipeline.errors import DataError, SampleError
 
 
 def image_bytes(value: Any) -> bytes:

@@ -11,9 +11,9 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.errors import SampleError
 from data_prep.media import check_caption
 from data_prep.sources.base import BatchSource, Item, LoadResult, Sample, SampleFailure, group_by_file, list_files
-from pipeline.errors import SampleError
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 

@@ -12,9 +12,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterator
 
+from core.errors import SampleError
 from data_prep.media import check_caption, decode_caption, decode_image
 from data_prep.sources.base import BatchSource, Item, LoadResult, Sample, SampleFailure, group_by_file, list_files
-from pipeline.errors import SampleError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
 CAPTION_EXTS = ("txt", "caption", "json")

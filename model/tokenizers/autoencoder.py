@@ -14,7 +14,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from pipeline.errors import DataError
+from core.errors import DataError
 
 from .config import TokenizerConfig
 from .fsq import FSQ

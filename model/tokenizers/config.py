@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 
 KINDS = ("kl", "vq", "fsq")
 

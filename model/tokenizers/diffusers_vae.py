@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from einops import rearrange
 
-from pipeline.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 
 from .autoencoder import TokenizerOutput
 

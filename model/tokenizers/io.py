@@ -21,7 +21,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pipeline.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
+from core.files import atomic_path, write_text_atomic
 
 from .autoencoder import ImageTokenizer
 from .config import TokenizerConfig
@@ -68,13 +69,12 @@ def save_tokenizer(tokenizer: ImageTokenizer, out_dir: str | os.PathLike) -> str
     config_dict = tokenizer.config.to_dict()
     tensors = _state_tensors(tokenizer)
     fingerprint = compute_fingerprint(config_dict, tensors)
-    # Write to temporary names then rename, so a crash never leaves a half-written tokenizer.
-    tmp_w, tmp_c, tmp_f = out / (WEIGHTS_FILE + ".tmp"), out / (CONFIG_FILE + ".tmp"), out / (FINGERPRINT_FILE + ".tmp")
-    save_file(tensors, str(tmp_w), metadata={"format_version": str(FORMAT_VERSION), "fingerprint": fingerprint})
-    tmp_c.write_text(json.dumps({"format_version": FORMAT_VERSION, "config": config_dict}, indent=2, sort_keys=True) + "\n")
-    tmp_f.write_text(fingerprint + "\n")
-    for tmp, final in ((tmp_w, WEIGHTS_FILE), (tmp_c, CONFIG_FILE), (tmp_f, FINGERPRINT_FILE)):
-        os.replace(tmp, out / final)
+    # Each file atomically, the fingerprint last: a crash never leaves a half-written tokenizer.
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"format_version": str(FORMAT_VERSION), "fingerprint": fingerprint})
+    config_text = json.dumps({"format_version": FORMAT_VERSION, "config": config_dict}, indent=2, sort_keys=True)
+    write_text_atomic(out / CONFIG_FILE, config_text + "\n")
+    write_text_atomic(out / FINGERPRINT_FILE, fingerprint + "\n")
     return fingerprint
 
 

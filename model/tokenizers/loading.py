@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 
 from .diffusers_vae import DiffusersVAE, load_diffusers_vae
 from .io import load_tokenizer, tokenizer_fingerprint

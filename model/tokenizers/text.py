@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from pipeline.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 
 SPECIAL_TOKENS = ("<|pad|>", "<|bos|>", "<|eos|>")
 # Accepted alternatives when loading a foreign tokenizer.json (GPT-2, Llama, ...).

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
-from pipeline.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 
 from .autoencoder import ImageTokenizer
 from .vq import codebook_utilisation, perplexity

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.batch import Document, Packer, PackedBatch
+from core.errors import DataError
+from model.batch import Document, PackedBatch, Packer
 from model.config import ModelConfig
 from pipeline.data.config import DataConfig
 from pipeline.data.reader import ShardReader
 from pipeline.data.samples import LatentNorm, SampleBuilder, check_tokenizers
-from pipeline.errors import DataError
 
 
 class PackedLoader:

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from core.errors import DataError
 from data_prep import schema
-from pipeline.errors import DataError
 
 COLUMNS = ["key", "modality", "caption", "text_ids", "latent", "latent_logvar", "latent_shape", "latent_dtype",
            "codes", "codes_shape", "codes_dtype"]

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import DataError
 from data_prep import schema
 from model.batch import Document
 from model.config import ModelConfig
 from pipeline.data.config import DataConfig
-from pipeline.errors import DataError
 
 TASKS = ("generate", "understand", "text")
 

@@ -29,7 +29,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from pipeline.errors import DataError
+from core.errors import DataError
 
 PREFIX = "step-"
 # One process is a valid DCP use (it saves/loads as a single rank); its warning says nothing new.

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from core.errors import ConfigError
 from model.config import ModelConfig
 from pipeline.data.config import DataConfig
 from pipeline.engines.native.parallel import ParallelConfig
-from pipeline.errors import ConfigError
 
 
 @dataclass

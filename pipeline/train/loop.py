@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from core.config import save_resolved
+from core.errors import ConfigError
 from model.multimodal import MultimodalModel
-from pipeline.config import save_resolved
 from pipeline.data.loader import PackedLoader
 from pipeline.distributed import DistInfo, init_distributed
 from pipeline.engines.native.parallelize import parallelize, sync_partial_grads
 from pipeline.engines.native.pipelining import build_stage
 from pipeline.engines.native.steps import make_step
-from pipeline.errors import ConfigError
 from pipeline.train.checkpoint import Checkpointer
 from pipeline.train.config import TrainConfig
 from pipeline.train.metrics import (

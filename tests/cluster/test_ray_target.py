@@ -14,11 +14,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from pipeline.cli import main
-from pipeline.errors import ClusterError
-from pipeline.jobs import wait_for
 from support.cluster_helpers import newest_job_id, write_prep_job
+
+from core.errors import ClusterError
+from pipeline.cli import main
+from pipeline.jobs import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 

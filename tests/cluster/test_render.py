@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from cluster.targets import get_target
-from pipeline.errors import ClusterError, ConfigError
+from core.errors import ClusterError, ConfigError
 from pipeline.jobs import load_job, prepare, submit
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from support.media_files import BAD_IMAGES, ODD_IMAGES, write_clip
 
+from core.errors import SampleError
 from data_prep.config import ImageConfig, VideoConfig
 from data_prep.media import decode_image, decode_video, read_caption
-from pipeline.errors import SampleError
 
 CFG = ImageConfig(size=32, min_size=8, max_pixels=4_000_000)
 

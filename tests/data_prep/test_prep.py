@@ -7,12 +7,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from core.config import load_config
+from core.errors import ConfigError, DataError
 from data_prep import schema
 from data_prep.config import PrepConfig
 from data_prep.prep import run_prep
 from data_prep.shards import inspect_shards, verify_shards
-from pipeline.config import load_config
-from pipeline.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.ray
 

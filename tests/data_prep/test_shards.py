@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from core.config import load_config
 from data_prep.config import PrepConfig
 from data_prep.prep import run_prep
 from data_prep.shards import verify_shards
-from pipeline.config import load_config
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from support.media_files import png_bytes, write_clip
 
+from core.errors import ConfigError, DataError
 from data_prep.config import ImageConfig, SourceConfig, VideoConfig
 from data_prep.sources import Sample, SampleFailure, build_source
-from pipeline.errors import ConfigError, DataError
 
 
 def load_all(kind, tmp_path, **source):

@@ -2,11 +2,11 @@ import math
 
 import pytest
 import torch
+from support.model_helpers import documents, packer, tiny_config, tiny_model
 
+from core.errors import ConfigError
 from model import masks
 from model.attention import AttentionContext, attend, select_backend
-from pipeline.errors import ConfigError
-from support.model_helpers import documents, packer, tiny_config, tiny_model
 
 
 def reference_attention(q, k, v, allowed):

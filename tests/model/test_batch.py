@@ -1,10 +1,10 @@
 import pytest
 import torch
+from support.model_helpers import BOS, EOS, documents, packer, tiny_config
 
+from core.errors import ConfigError, DataError
 from model import batch as pb
 from model.batch import Document, patchify, unpatchify
-from pipeline.errors import ConfigError, DataError
-from support.model_helpers import BOS, EOS, documents, packer, tiny_config
 
 
 def test_patchify_round_trips_images_and_videos():

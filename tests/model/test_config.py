@@ -1,8 +1,8 @@
 import pytest
 
+from core.config import load_config
+from core.errors import ConfigError
 from model.config import ModelConfig
-from pipeline.config import load_config
-from pipeline.errors import ConfigError
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -5,9 +5,9 @@ from typing import Literal
 
 import pytest
 
+from core.config import dumps_toml, load_config, parse_override, read_toml, save_resolved
+from core.errors import ConfigError
 from data_prep.config import PrepConfig
-from pipeline.config import dumps_toml, load_config, parse_override, read_toml, save_resolved
-from pipeline.errors import ConfigError
 
 
 @dataclass

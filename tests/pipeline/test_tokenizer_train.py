@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from core.config import load_config
 from model.tokenizers import load_text_tokenizer, load_tokenizer, tokenizer_fingerprint
-from pipeline.config import load_config
 from pipeline.tokenizer_train import TokenizerTrainConfig, train_tokenizer
 
 TINY = ["steps=30", "batch_size=16", "net.channels=8", "eval_images=16"]
@@ -48,7 +48,7 @@ def test_bpe_on_captions(tmp_path):
 
 
 def test_net_section_is_validated(tmp_path):
-    from pipeline.errors import ConfigError
+    from core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="downsample"):
         load_config(TokenizerTrainConfig, None, ["net.downsample=3"])

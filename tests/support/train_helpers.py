@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from pipeline.config import load_config
+from core.config import load_config
 from pipeline.train.config import TrainConfig
 
 

@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from data_prep.builtin.attributes import (CaptionSpec, DetectedObject, describe, parse_caption,
-                                          read_objects, score_image)
+from core.errors import DataError
+from data_prep.builtin.attributes import CaptionSpec, DetectedObject, describe, parse_caption, read_objects, score_image
 from data_prep.builtin.shapes import ShapeObject, render_objects, shapes_sample
-from pipeline.errors import DataError
 
 
 def _degrade(image: np.ndarray, rng: np.random.Generator, noise: float) -> np.ndarray:

@@ -6,10 +6,10 @@ import av
 import numpy as np
 import pytest
 
+from core.errors import DataError
 from data_prep.builtin.attributes import read_objects
 from data_prep.builtin.moving_shapes import DIRECTIONS, materialize, moving_clip, write_mp4
 from data_prep.builtin.shapes import COLORS, SHAPES
-from pipeline.errors import DataError
 
 _AXIS = {"left": (0, -1), "right": (0, 1), "up": (1, -1), "down": (1, 1)}  # (axis, sign)
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from core.errors import DataError
 from data_prep.builtin.natural import DIGIT_WORDS, digits_samples, photo_samples
-from pipeline.errors import DataError
 
 
 @pytest.fixture(scope="module")

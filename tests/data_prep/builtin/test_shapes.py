@@ -6,11 +6,22 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from core.errors import DataError
 from data_prep.builtin.attributes import parse_caption, score_image
-from data_prep.builtin.shapes import (COLORS, SHAPES, Scene, ShapeObject, number_word,
-                                      paraphrases, render_scene, sample_scene, scene_from_meta,
-                                      scene_to_meta, shape_mask, shapes_sample)
-from pipeline.errors import DataError
+from data_prep.builtin.shapes import (
+    COLORS,
+    SHAPES,
+    Scene,
+    ShapeObject,
+    number_word,
+    paraphrases,
+    render_scene,
+    sample_scene,
+    scene_from_meta,
+    scene_to_meta,
+    shape_mask,
+    shapes_sample,
+)
 
 SIZES = (32, 48, 64, 128)
 

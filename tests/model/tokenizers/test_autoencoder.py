@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import ConfigError, DataError
 from model.tokenizers import ImageTokenizer, TokenizerConfig, evaluate, fit
-from pipeline.errors import ConfigError, DataError
 
 
 def make_shapes(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:

@@ -4,8 +4,8 @@ downloaded) works through the same loader, fingerprint and prep path as nodd's o
 import pytest
 import torch
 
+from core.errors import ConfigError
 from model.tokenizers import image_tokenizer_fingerprint, is_diffusers_vae, load_image_tokenizer
-from pipeline.errors import ConfigError
 
 diffusers = pytest.importorskip("diffusers", reason="pip install 'nodd[diffusers]'")
 
@@ -48,11 +48,11 @@ def test_fingerprint_follows_the_weights(vae_dir, tmp_path):
 
 
 def test_prep_with_a_diffusers_vae(vae_dir, tmp_path):
+    from core.config import load_config
     from data_prep import schema
     from data_prep.config import PrepConfig
     from data_prep.prep import run_prep
     from data_prep.shards import verify_shards
-    from pipeline.config import load_config
 
     cfg = load_config(PrepConfig, None, [f"out_dir={tmp_path / 'o'}", f"tokenizer.path={vae_dir}", "source.limit=6",
                                          "use_ray=false"])

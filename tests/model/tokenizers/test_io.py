@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from core.errors import ConfigError, DataError
 from model.tokenizers import (
     ImageTokenizer,
     TokenizerConfig,
@@ -16,7 +17,6 @@ from model.tokenizers import (
     save_tokenizer,
     tokenizer_fingerprint,
 )
-from pipeline.errors import ConfigError, DataError
 
 
 def tiny(kind: str) -> ImageTokenizer:

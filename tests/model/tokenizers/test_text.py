@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import ConfigError, DataError
 from model.tokenizers import BPETokenizer, ByteTokenizer, TextTokenizer, load_text_tokenizer, train_bpe
-from pipeline.errors import ConfigError, DataError
 
 SAMPLES = [
     "hello world",

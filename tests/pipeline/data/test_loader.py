@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from core.config import load_config
+from core.errors import ConfigError, DataError
 from model.config import ModelConfig
-from pipeline.config import load_config
 from pipeline.data.config import DataConfig
 from pipeline.data.loader import PackedLoader
 from pipeline.data.reader import ShardReader
-from pipeline.errors import ConfigError, DataError
 
 
 def model_cfg(mode="transfusion"):

@@ -6,10 +6,10 @@ import socket
 
 import pytest
 import torch.multiprocessing as mp
-
-from pipeline.engines.native.parallel import ParallelConfig
-from pipeline.errors import ConfigError
 from support.parity import reference_losses, tiny_cfg, worker
+
+from core.errors import ConfigError
+from pipeline.engines.native.parallel import ParallelConfig
 
 STEPS = 3
 

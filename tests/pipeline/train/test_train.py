@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from pipeline.cli import main
-from pipeline.errors import ConfigError
-from pipeline.train.loop import train
 from support.train_helpers import config, losses
+
+from core.errors import ConfigError
+from pipeline.cli import main
+from pipeline.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[3]
 

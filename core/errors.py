@@ -1,7 +1,6 @@
 """The project's exceptions: one base class, a few kinds, messages that say what to do.
 
-This module imports nothing but the standard library, so every package (model, data_prep,
-cluster) may import it without pulling in the rest of `pipeline`.
+Part of the standard-library-only `core`, so every package may import it.
 """
 
 

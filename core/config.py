@@ -5,7 +5,7 @@ strictly: unknown keys and values of the wrong type or outside a `Literal` raise
 naming the field and what would be valid. A dataclass may define `validate()` for checks that span
 fields. `save_resolved` writes the final tree next to an output so a run can be reproduced.
 
-Standard library only (like `pipeline.errors`), so `data_prep` and `cluster` may import it.
+Standard library only, like all of `core`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import types
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
+from core.files import write_text_atomic
 
 T = TypeVar("T")
 
@@ -170,13 +171,6 @@ def save_resolved(cfg: Any, path: str | Path) -> Path:
     return path
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and a rename: readers see the old file or the new one, whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def dumps_toml(data: dict[str, Any]) -> str:
     """A small TOML writer for config trees (scalars, lists of scalars, nested tables).
     None values are left out: a missing key means the default, which is None where allowed."""
@@ -216,5 +210,4 @@ def _join(prefix: str, name: str) -> str:
 
 __all__ = [
     "load_config", "from_dict", "to_dict", "save_resolved", "dumps_toml", "parse_override", "read_toml", "toml_value",
-    "write_text_atomic",
 ]
