@@ -8,11 +8,14 @@ identity (DiT's adaLN-Zero; MAR's SimpleMLPAdaLN).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
 from model.adapters import TimeEmbedding
 from model.config import ModelConfig
+from model.transformer import Init
 
 
 class _AdaBlock(nn.Module):
@@ -49,14 +52,18 @@ class MARHead(nn.Module):
         shift, scale = self.final_modulation(cond).chunk(2, dim=-1)
         return self.output(self.final_norm(x) * (1 + scale) + shift)
 
-    def init_weights(self) -> None:
+    def initializers(self) -> Iterator[tuple[nn.Parameter, Init]]:
+        """Xavier-uniform Linear weights, zero biases; the modulations and the output zeroed
+        (adaLN-Zero). A zeroed weight still draws its Xavier values first, as this head always
+        has, so the random stream (and every later parameter) stays what it was."""
+        zeroed = {id(layer) for layer in (*(b.modulation[-1] for b in self.blocks), self.final_modulation[-1],
+                                          self.output)}
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-        for block in self.blocks:
-            nn.init.zeros_(block.modulation[-1].weight)
-            nn.init.zeros_(block.modulation[-1].bias)
-        for layer in (self.final_modulation[-1], self.output):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+                yield module.weight, _drawn_then_zeroed if id(module) in zeroed else nn.init.xavier_uniform_
+                yield module.bias, nn.init.zeros_
+
+
+def _drawn_then_zeroed(weight: torch.Tensor) -> torch.Tensor:
+    nn.init.xavier_uniform_(weight)
+    return nn.init.zeros_(weight)

@@ -3,7 +3,7 @@
     cfg = ModelConfig(mode="transfusion")          # or "mar", "discrete"
     with torch.device("meta"):
         model = MultimodalModel(cfg)
-    model.to_empty(device="cpu"); model.init_weights()
+    model.to_empty(device="cpu"); model.tie_weights(); model.init_weights()
     out = model(batch)                             # batch: model.batch.PackedBatch
     out.loss.backward(); out.losses -> {"text", "understanding", "image"}
 
@@ -19,7 +19,9 @@ Top-level children may be None (a pipeline stage that does not own them); forwar
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +33,7 @@ from model.attention import AttentionContext, KVCache
 from model.config import ModelConfig
 from model.flow import noised
 from model.heads import MARHead
-from model.transformer import Backbone
+from model.transformer import Backbone, Init
 
 
 @dataclass
@@ -57,35 +59,49 @@ class MultimodalModel(nn.Module):
         self.lm_head = nn.Linear(cfg.width, cfg.vocab_size, bias=False)
         self.latent_out = LatentOutput(cfg) if cfg.mode == "transfusion" else None
         self.mar_head = MARHead(cfg) if cfg.mode == "mar" else None
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.tok_embeddings.weight
+        self.tie_weights()
 
     @property
     def bidirectional(self) -> bool:
         return self.cfg.mode == "transfusion"
 
+    def tie_weights(self) -> None:
+        """Share the token embedding with the LM head (model.tie_embeddings). Again after
+        `to_empty`, which gives every module a parameter of its own."""
+        if self.cfg.tie_embeddings and self.lm_head is not None and self.tok_embeddings is not None:
+            self.lm_head.weight = self.tok_embeddings.weight
+
+    @torch.no_grad()
     def init_weights(self) -> None:
         """Initialise every parameter (after `to_empty` from the meta device, or to reset)."""
-        std = self.cfg.init_std
+        for param, init in self.initializers():
+            init(param)
+
+    def initializers(self) -> Iterator[tuple[nn.Parameter, Init]]:
+        """Each parameter with the function that initialises it in place, in the order
+        init_weights draws its random numbers. An engine that shards parameters draws each one
+        whole in this order and keeps its own shard, so every layout starts from the weights of
+        one process (pipeline/engines/native/materialize.py)."""
+        normal = partial(nn.init.normal_, std=self.cfg.init_std)
         for module in (self.tok_embeddings, self.modality_embeddings):
             if module is not None:
-                nn.init.normal_(module.weight, std=std)
+                yield module.weight, normal
         for part in (self.latent_in, self.time_embed, self.position_query, self.patch_position, self.latent_out):
             if part is None:
                 continue
             for module in part.modules():
                 if isinstance(module, (nn.Linear, nn.Conv2d)):
-                    nn.init.normal_(module.weight, std=std)
-                    nn.init.zeros_(module.bias)
+                    yield module.weight, normal
+                    yield module.bias, nn.init.zeros_
                 elif isinstance(module, nn.GroupNorm):
-                    nn.init.ones_(module.weight)
-                    nn.init.zeros_(module.bias)
+                    yield module.weight, nn.init.ones_
+                    yield module.bias, nn.init.zeros_
         if self.backbone is not None:
-            self.backbone.init_weights()
+            yield from self.backbone.initializers()
         if self.lm_head is not None and not self.cfg.tie_embeddings:
-            nn.init.normal_(self.lm_head.weight, std=std)
+            yield self.lm_head.weight, normal
         if self.mar_head is not None:
-            self.mar_head.init_weights()
+            yield from self.mar_head.initializers()
 
     # ---- the shared trunk (training and sampling) ---------------------------------------------
     def embed(self, tokens: torch.Tensor, modality: torch.Tensor, latents: torch.Tensor | None,

@@ -11,6 +11,8 @@ Layers live in a ModuleDict keyed "0".."depth-1" so pipeline stages can drop lay
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +22,8 @@ from torch.utils.checkpoint import checkpoint
 from model.attention import AttentionContext, attend
 from model.config import ModelConfig
 from model.rope import apply_rotary
+
+Init = Callable[[torch.Tensor], object]  # fills a parameter in place (nn.init.normal_, ...)
 
 
 class RMSNorm(nn.Module):
@@ -108,15 +112,15 @@ class Backbone(nn.Module):
             h = checkpoint(block, h, ctx, use_reentrant=False) if recompute else block(h, ctx)
         return self.norm(h) if self.norm is not None else h
 
-    def init_weights(self) -> None:
-        """Normal(init_std); residual output projections scaled by 1/sqrt(2*depth) (GPT-2)."""
+    def initializers(self) -> Iterator[tuple[nn.Parameter, Init]]:
+        """Normal(init_std); residual output projections scaled by 1/sqrt(2*depth) (GPT-2); norms 1."""
         std = self.cfg.init_std
         for block in self.layers.values():
             for name, module in block.named_modules():
                 if isinstance(module, nn.Linear):
                     scale = 1 / math.sqrt(2 * self.cfg.depth) if name.endswith(("wo", "w2")) else 1.0
-                    nn.init.normal_(module.weight, std=std * scale)
+                    yield module.weight, partial(nn.init.normal_, std=std * scale)
                 elif isinstance(module, RMSNorm):
-                    module.reset_parameters()
+                    yield module.weight, nn.init.ones_
         if self.norm is not None:
-            self.norm.reset_parameters()
+            yield self.norm.weight, nn.init.ones_

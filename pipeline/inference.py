@@ -1,29 +1,37 @@
 """Use a trained run: load it, export consolidated weights, generate images, caption images.
 
-    nodd export RUN [--out DIR]                      model.safetensors + model.json
+    nodd export RUN [--out DIR]                      model.safetensors + model.json (pipeline/export.py)
     nodd sample --run RUN --prompt "a red circle" [--n 4] [--steps 20] [--cfg 3] [--seed 0]
     nodd caption --run RUN IMAGE [IMAGE ...]
 
-RUN is a run directory (its newest checkpoint) or an export folder. Latents are normalised per
+RUN is a run directory (its newest checkpoint), a checkpoint or an export folder. Checkpoints
+hold an engine-neutral export (step-N/export/), so any engine's run is sampled by the same code;
+older checkpoints without one are read through the native engine's DCP payload. Latents are normalised per
 channel in training (pipeline/data/samples.py); the statistics travel with the export so samples
 are de-normalised before the image tokenizer decodes them.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from core.errors import DataError
-from model.config import ModelConfig
 from model.multimodal import MultimodalModel
 from pipeline.data.samples import LatentNorm
-
-EXPORT_WEIGHTS, EXPORT_META = "model.safetensors", "model.json"
+from pipeline.export import (
+    EXPORT_VERSION,
+    META,
+    is_export,
+    model_config,
+    model_from_weights,
+    read_export,
+    run_meta,
+    write_export,
+)
+from pipeline.train.checkpoint import EXPORT_DIR, Checkpointer
 
 
 class LoadedRun:
@@ -60,54 +68,53 @@ class LoadedRun:
         return self.norm.denormalise(latent) if self.norm is not None else latent
 
 
-def _run_meta(cfg) -> dict:
-    """Tokenizers and latent statistics of a run's shards."""
-    from data_prep import schema
-
-    manifests = [schema.Manifest.read(d) for d in cfg.data.shard_dirs]
-    norm = LatentNorm.from_manifests(manifests) if cfg.data.normalise_latents else None
-    return {"model": asdict(cfg.model), "text_tokenizer": cfg.data.text_tokenizer,
-            "image_tokenizer": cfg.data.tokenizer or manifests[0].tokenizer.get("path", ""),
-            "latent_norm": norm.to_dict() if norm else None}
-
-
 def load_run(path: str | Path) -> LoadedRun:
+    """An export folder, a checkpoint, or a run directory (its newest finished checkpoint)."""
     path = Path(path)
-    if (path / EXPORT_META).is_file():
-        from safetensors.torch import load_file
+    if is_export(path):
+        weights, meta = read_export(path)
+        return LoadedRun(model_from_weights(model_config(meta), weights), meta)
+    if (path / "meta.json").is_file() and path.parent.name == "checkpoints":
+        checkpoint = path
+    else:
+        if not (path / "train_config.toml").is_file():
+            raise DataError(f"{path} is neither a run directory (train_config.toml), a checkpoint nor an export "
+                            f"({META})")
+        finished = Checkpointer(path, 1, 0).finished()
+        if not finished:
+            raise DataError(f"{path} has no finished checkpoint yet; train longer or wait for the next save")
+        checkpoint = finished[-1]
+    if is_export(checkpoint / EXPORT_DIR):
+        loaded = load_run(checkpoint / EXPORT_DIR)
+        loaded.meta["checkpoint"] = str(checkpoint)
+        return loaded
+    return _load_native_payload(checkpoint)
 
-        meta = json.loads((path / EXPORT_META).read_text(encoding="utf-8"))
-        model = MultimodalModel(ModelConfig(**meta["model"]))
-        model.load_state_dict(load_file(path / EXPORT_WEIGHTS))
-        return LoadedRun(model, meta)
-    config = path / "train_config.toml"
-    if not config.is_file():
-        raise DataError(f"{path} is neither a run directory (train_config.toml) nor an export ({EXPORT_META})")
+
+def _load_native_payload(checkpoint: Path) -> LoadedRun:
+    """A checkpoint without export/ (format 1, or train.export_weights=false): its native DCP
+    payload, resharded into one plain model."""
     from core.config import load_config
-    from pipeline.train.checkpoint import Checkpointer, load_weights
+    from pipeline.engines.native.state import load_state
+    from pipeline.train.checkpoint import read_meta
     from pipeline.train.config import TrainConfig
 
-    cfg = load_config(TrainConfig, config)
-    finished = Checkpointer(path, 1, 0).finished()
-    if not finished:
-        raise DataError(f"{path} has no finished checkpoint yet; train longer or wait for the next save")
-    model = MultimodalModel(cfg.model)
-    load_weights(model, finished[-1])
-    return LoadedRun(model, _run_meta(cfg) | {"checkpoint": str(finished[-1])})
+    engine = read_meta(checkpoint).get("engine", "native")
+    if engine != "native":
+        raise DataError(f"{checkpoint} has no export/ folder and was written by the {engine} engine; "
+                        "export it with that engine installed: nodd export RUN")
+    cfg = load_config(TrainConfig, checkpoint.parents[1] / "train_config.toml")
+    model = model_from_weights(cfg.model, {}, strict=False)
+    load_state(checkpoint, model)
+    return LoadedRun(model, run_meta(cfg) | {"checkpoint": str(checkpoint)})
 
 
 def export(run: str | Path, out: str | Path) -> Path:
-    from safetensors.torch import save_file
-
+    """`nodd export`: the run's (or checkpoint's) weights as an export folder at `out`."""
     loaded = load_run(run)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.contiguous() for k, v in loaded.model.state_dict().items()}
-    if loaded.model.cfg.tie_embeddings:
-        weights.pop("lm_head.weight", None)
-    save_file(weights, out / EXPORT_WEIGHTS)
-    (out / EXPORT_META).write_text(json.dumps(loaded.meta, indent=2), encoding="utf-8")
-    return out
+    weights = dict(loaded.model.named_parameters())  # a tied LM head is the embedding: stored once
+    meta = {k: v for k, v in loaded.meta.items() if k != "checkpoint"} | {"export_version": EXPORT_VERSION}
+    return write_export(Path(out), {k: v.detach() for k, v in weights.items()}, meta)
 
 
 @torch.no_grad()

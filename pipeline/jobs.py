@@ -34,11 +34,11 @@ def resolve_command_config(spec: JobSpec, run_dir: Path):
     A training job's run_dir is the job's run directory."""
     overrides = list(spec.overrides)
     if spec.command == "train":
+        from pipeline.engines.base import check_layout
         from pipeline.train.config import TrainConfig
 
         cfg = load_config(TrainConfig, spec.config, overrides + [f"run_dir={toml_value(str(run_dir))}"])
-        pcfg = cfg.parallel.resolved(spec.world_size)
-        pcfg.check_model(cfg.model, cfg.optim.grad_accum)
+        check_layout(cfg, spec.world_size)
     elif spec.command == "prep":
         from data_prep.config import PrepConfig
 

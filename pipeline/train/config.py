@@ -8,7 +8,8 @@ from typing import Literal
 from core.errors import ConfigError
 from model.config import ModelConfig
 from pipeline.data.config import DataConfig
-from pipeline.engines.native.parallel import ParallelConfig
+from pipeline.engines.native.config import NativeConfig
+from pipeline.engines.parallel import ParallelConfig
 
 
 @dataclass
@@ -33,12 +34,14 @@ class OptimConfig:
 class LoopConfig:
     """The `train` section."""
 
+    engine: Literal["native", "megatron", "deepspeed"] = "native"  # pipeline/engines/base.py: ENGINES
     steps: int = 200
     seed: int = 0
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast (CPU and GPU)
     log_every: int = 10
     checkpoint_every: int = 100  # also saved at the last step and on SIGTERM/SIGUSR1
     keep_checkpoints: int = 2
+    export_weights: bool = True  # also write step-N/export/ (safetensors; what sample and eval read)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False  # torch.compile each block
     activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
@@ -57,3 +60,4 @@ class TrainConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
+    native: NativeConfig = field(default_factory=NativeConfig)  # read by train.engine="native" only

@@ -27,6 +27,35 @@ def test_export_sample_caption(tmp_path, shards, capsys):
     assert main(["sample", "--run", str(tmp_path), "--prompt", "x"]) == 1  # not a run: clear error
 
 
+def test_checkpoints_carry_an_engine_neutral_export_and_old_ones_still_load(tmp_path, shards):
+    import json
+    import shutil
+
+    import pytest
+
+    from core.errors import DataError
+
+    run = tmp_path / "run"
+    train(config(run, shards["kl"], train__steps=3))
+    checkpoint = run / "checkpoints" / "step-000003"
+    meta = json.loads((checkpoint / "meta.json").read_text())
+    assert meta["engine"] == "native" and meta["format_version"] == 2
+    assert (checkpoint / "export" / "model.safetensors").is_file()
+    new = sample_images(load_run(run), "a blue square", 1, steps=2, cfg_scale=None, seed=3)
+    # a checkpoint of the first format: no export/, no engine in meta.json -> read from its DCP payload
+    shutil.rmtree(checkpoint / "export")
+    (checkpoint / "meta.json").write_text(json.dumps({k: v for k, v in meta.items()
+                                                      if k not in ("engine", "format_version")}))
+    old = sample_images(load_run(run), "a blue square", 1, steps=2, cfg_scale=None, seed=3)
+    assert np.array_equal(new, old)
+    (checkpoint / "meta.json").write_text(json.dumps({**meta, "engine": "deepspeed"}))
+    with pytest.raises(DataError, match="train.engine=deepspeed"):
+        train(config(run, shards["kl"], train__steps=4), resume=True)
+    (checkpoint / "meta.json").write_text(json.dumps({**meta, "format_version": 99}))
+    with pytest.raises(DataError, match="upgrade nodd"):
+        load_run(run)
+
+
 def test_eval_writes_metrics_and_report(tmp_path, shards, capsys):
     import json
 

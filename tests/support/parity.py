@@ -1,10 +1,12 @@
-"""Distributed parity workers (spawned with gloo on CPU) and their one-process reference.
+"""Engine parity workers (spawned with gloo on CPU) and their one-process reference.
 
-A layout trains a tiny model for a few AdamW steps of MICRO micro-batches each; every
-data-parallel rank gets its own batches, every tensor-parallel rank and pipeline stage of it the
-same ones and the same noise seeds. The workers run the trainer's own step functions
-(engines/native/steps.py). The reference runs in one process on the same weights: per step, the
-mean over the data-parallel ranks' and micro-batches' losses (what the averaged gradients optimise).
+A layout trains a tiny model for a few steps of MICRO micro-batches each through
+`Engine.train_step`; every data-parallel rank gets its own batches, every tensor-parallel rank
+and pipeline stage of it the same ones and the same noise seeds. The reference is the native
+engine in one process on the same weights, stepping once per step over every data-parallel
+rank's micro-batches: the mean of their losses and gradients is what a data-parallel step
+optimises. An engine joins by registering in pipeline/engines/base.py and adding rows to
+tests/pipeline/engines/test_parity.py; nothing here knows which engine runs.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import torch
 
 from model.batch import Document, Packer
 from model.config import ModelConfig
-from model.multimodal import MultimodalModel
-
+from pipeline.engines.parallel import ParallelConfig
+from pipeline.train.config import LoopConfig, OptimConfig, TrainConfig
 
 MICRO = 2  # micro-batches per optimizer step (the pipeline schedule needs >= pp of them)
 ROWS, SEQ_LEN = 2, 64
+LR = 1e-3
 
 
 def seed_of(step: int, micro: int, dp_rank: int) -> int:
@@ -33,11 +36,11 @@ def tiny_cfg(mode: str = "transfusion") -> ModelConfig:
                        head_width=32, head_depth=1, codebook_size=16 if mode == "discrete" else 0, attention="sdpa")
 
 
-def build(cfg: ModelConfig) -> MultimodalModel:
-    torch.manual_seed(0)
-    model = MultimodalModel(cfg)
-    model.init_weights()
-    return model
+def train_config(mode: str, layout: dict, engine: str = "native", microbatches: int = MICRO) -> TrainConfig:
+    cfg = TrainConfig(model=tiny_cfg(mode), parallel=ParallelConfig(**layout),
+                      optim=OptimConfig(lr=LR, grad_accum=microbatches), train=LoopConfig(engine=engine, seed=0))
+    cfg.data.batch_rows, cfg.data.seq_len = ROWS, SEQ_LEN  # the pipeline schedule's fixed shapes
+    return cfg
 
 
 def batches(cfg: ModelConfig, dp_rank: int, steps: int) -> list[list]:
@@ -57,63 +60,46 @@ def batches(cfg: ModelConfig, dp_rank: int, steps: int) -> list[list]:
     return [out] * steps
 
 
-def reference_losses(layout: dict, world: int, steps: int, mode: str) -> list[float]:
-    from pipeline.engines.native.parallel import ParallelConfig
-    from pipeline.engines.native.steps import LocalStep
+def state_bytes(engine) -> int:
+    """This rank's parameter and optimizer-state bytes (a DTensor counts its local shard)."""
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in engine.model.parameters()]
+    for state in engine.optimizer.state.values():
+        local += [t.to_local() if hasattr(t, "to_local") else t for t in state.values() if torch.is_tensor(t)]
+    return sum(t.numel() * t.element_size() for t in local if t.dim() > 0)
+
+
+def reference(layout: dict, world: int, steps: int, mode: str) -> dict:
+    """One-process native run over all data-parallel ranks' micro-batches: losses and state bytes."""
+    from pipeline.distributed import DistInfo
+    from pipeline.engines.native.engine import NativeEngine
 
     dp = ParallelConfig(**layout).resolved(world).dp
-    cfg = tiny_cfg(mode)
-    model = build(cfg)
-    run_step = LocalStep(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=False)
-    data = [batches(cfg, r, steps) for r in range(dp)]
+    cfg = train_config(mode, {}, microbatches=dp * MICRO)
+    engine = NativeEngine(cfg, DistInfo(0, 1, 0, torch.device("cpu")))
+    data = [batches(cfg.model, r, steps) for r in range(dp)]
     losses = []
     for step in range(steps):
-        total = 0.0
-        for r in range(dp):  # dp ranks' gradients add up; each rank's loss is divided by dp
-            total += run_step(data[r][step], [seed_of(step, m, r) for m in range(MICRO)])["loss"] / dp
-        for p in model.parameters():
-            p.grad /= dp
-        opt.step()
-        opt.zero_grad()
-        losses.append(total)
-    return losses
+        micro = [b for r in range(dp) for b in data[r][step]]
+        seeds = [seed_of(step, m, r) for r in range(dp) for m in range(MICRO)]
+        losses.append(engine.train_step(micro, seeds, LR).losses["loss"])
+    return {"losses": losses, "state_bytes": state_bytes(engine)}
 
 
-def worker(rank: int, world: int, layout: dict, steps: int, mode: str, port: int, out_path: str) -> None:
+def worker(rank: int, world: int, engine_name: str, layout: dict, steps: int, mode: str, port: int,
+           out_path: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    import torch.distributed as dist
-
     from pipeline.distributed import exit_process, init_distributed
-    from pipeline.engines.native.parallel import ParallelConfig
-    from pipeline.engines.native.parallelize import parallelize, sync_partial_grads
-    from pipeline.engines.native.pipelining import build_stage
-    from pipeline.engines.native.steps import make_step
+    from pipeline.engines.base import get_engine
 
-    init_distributed("cpu")
-    pcfg = ParallelConfig(**layout).resolved(world)
-    cfg = tiny_cfg(mode)
-    pcfg.check_model(cfg, MICRO)
-    mesh = pcfg.build_mesh("cpu")
-    model = build(cfg)
-    root = build_stage(model, mesh, pcfg) if pcfg.pp > 1 else model
-    parallelize(model, mesh, pcfg, root=root)
-    run_step = make_step(root, mesh, pcfg, None, torch.device("cpu"), MICRO, ROWS, SEQ_LEN)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=False)
-    dp_rank = mesh["dp"].get_local_rank()
-    data = batches(cfg, dp_rank, steps)
-    losses = []
-    for step in range(steps):
-        loss = run_step(data[step], [seed_of(step, m, dp_rank) for m in range(MICRO)])["loss"]
-        sync_partial_grads(model, mesh, pcfg)
-        opt.step()
-        opt.zero_grad()
-        mean = torch.tensor(loss)
-        dist.all_reduce(mean, group=mesh["dp"].get_group())
-        losses.append(float(mean) / pcfg.dp)
+    info = init_distributed("cpu")
+    cfg = train_config(mode, layout, engine_name)
+    engine = get_engine(engine_name)(cfg, info)
+    data = batches(cfg.model, engine.dp_rank, steps)
+    losses = [engine.train_step(data[step], [seed_of(step, m, engine.dp_rank) for m in range(MICRO)], LR).losses["loss"]
+              for step in range(steps)]
     if rank == 0:
         with open(out_path, "w", encoding="utf-8") as f:
-            json.dump(losses, f)
+            json.dump({"losses": losses, "state_bytes": state_bytes(engine)}, f)
     exit_process(0)

@@ -1,5 +1,10 @@
-"""parallelize(model, mesh, cfg): tensor parallel, then FSDP2, applied to a plain MultimodalModel
-(torchtitan's order). The model code knows nothing about it.
+"""parallelize(model, mesh, ...): tensor parallel, activation checkpointing, compile, then FSDP2,
+applied to a plain MultimodalModel (torchtitan's order; on the meta device, before any weight
+exists). The model code knows nothing about it. `build_mesh` turns the resolved degrees into a
+named DeviceMesh (no process-group globals).
+
+Mesh dimensions, outermost first: pp, dp_replicate, dp_shard, tp (tensor parallel innermost: it
+talks most, so its ranks are neighbours, on one node where possible).
 
 Tensor parallel (DTensor plans): per block, the fused q|k|v and gate|up projections are split
 column-wise and the output projections row-wise, so each rank computes whole head groups and
@@ -16,21 +21,38 @@ dp_replicate > 1). With pipeline stages the root is the StageModule the schedule
 
 from __future__ import annotations
 
-import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline.engines.native.parallel import ParallelConfig
+from pipeline.engines.parallel import ParallelConfig
 
 
-def parallelize(model: nn.Module, mesh, cfg: ParallelConfig, mixed_precision: torch.dtype | None = None,
-                root: nn.Module | None = None) -> nn.Module:
+def build_mesh(cfg: ParallelConfig, device_type: str):
+    """A DeviceMesh with every dimension named (size-1 ones included, so code can always ask
+    for mesh["tp"]); plus the flattened "dp" dimension for data loading and loss averaging."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    names = ("pp", "dp_replicate", "dp_shard", "tp")
+    shape = (cfg.pp, cfg.dp_replicate, cfg.dp_shard, cfg.tp)
+    mesh = init_device_mesh(device_type, shape, mesh_dim_names=names)
+    mesh["dp_replicate", "dp_shard"]._flatten("dp")
+    return mesh
+
+
+def parallelize(model: nn.Module, mesh, cfg: ParallelConfig, root: nn.Module | None = None,
+                activation_checkpointing: bool = False, compile_blocks: bool = False,
+                reshard_after_forward: bool = True) -> nn.Module:
     """`root`: the module whose forward runs each step, when it is not `model` itself (a
-    pipeline StageModule around this rank's part of the model)."""
+    pipeline StageModule around this rank's part of the model). `mesh` is None in one process."""
     if cfg.tp > 1:
         apply_tensor_parallel(model, mesh["tp"])
+    # recompute each block in backward instead of keeping its activations: ~1/3 more compute
+    model.backbone.checkpoint_blocks = activation_checkpointing
+    if compile_blocks:
+        for block in model.backbone.layers.values():
+            block.compile()
     if cfg.dp > 1:
-        apply_fsdp(model, mesh, cfg, mixed_precision, root or model)
+        apply_fsdp(model, mesh, cfg, root or model, reshard_after_forward)
     return model
 
 
@@ -59,13 +81,11 @@ def sync_partial_grads(model: nn.Module, mesh, cfg: ParallelConfig) -> None:
             dist.all_reduce(local, group=group)
 
 
-def apply_fsdp(model: nn.Module, mesh, cfg: ParallelConfig, mixed_precision: torch.dtype | None,
-               root: nn.Module) -> None:
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+def apply_fsdp(model: nn.Module, mesh, cfg: ParallelConfig, root: nn.Module, reshard_after_forward: bool) -> None:
+    from torch.distributed.fsdp import fully_shard
 
     dp_mesh = mesh["dp_replicate", "dp_shard"] if cfg.dp_replicate > 1 else mesh["dp_shard"]
-    policy = MixedPrecisionPolicy(param_dtype=mixed_precision, reduce_dtype=torch.float32) \
-        if mixed_precision is not None else MixedPrecisionPolicy()
     for block in model.backbone.layers.values():
-        fully_shard(block, mesh=dp_mesh, mp_policy=policy)
-    fully_shard(root, mesh=dp_mesh, mp_policy=policy)  # embeddings, adapters, heads: gathered around root.forward
+        fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
+    # embeddings, adapters, heads: gathered around root.forward (and kept for backward: torchtitan's choice)
+    fully_shard(root, mesh=dp_mesh, reshard_after_forward=False)

@@ -1,7 +1,7 @@
 """Pipeline parallelism with torch.distributed.pipelining: the model cut at block boundaries,
 one stage per rank of the mesh's "pp" dimension, run by a 1F1B (or GPipe) schedule.
 
-    stage = build_stage(full_model, mesh, pcfg)     # drops what this rank's stage does not own
+    stage = build_stage(full_model, mesh, pcfg)     # on the meta device: drops what this stage does not own
     parallelize(full_model, mesh, pcfg, root=stage)
     step = PipelineStep(stage, mesh, pcfg, autocast, device, optim.grad_accum, rows, seq_len)
 
@@ -26,7 +26,8 @@ from torch import nn
 
 from model.batch import PackedBatch
 from model.multimodal import MultimodalModel, StepOutput
-from pipeline.engines.native.steps import PARTS, share_from_last_stage
+from pipeline.engines.base import LOSS_PARTS as PARTS
+from pipeline.engines.native.steps import share_from_last_stage
 
 FIRST_STAGE_PARTS = ("tok_embeddings", "modality_embeddings", "latent_in", "time_embed", "position_query",
                      "patch_position")
@@ -40,8 +41,8 @@ def stage_layers(depth: int, stages: int, stage: int) -> list[str]:
 
 
 def split_model(model: MultimodalModel, stage: int, stages: int) -> MultimodalModel:
-    """Keep only what `stage` runs (in place). Call after init_weights, so every stage starts
-    from the weights of the same full model."""
+    """Keep only what `stage` runs (in place). Call on the meta device, after taking the full
+    model's init plan (materialize.py), so every stage starts from the same full model's weights."""
     keep = set(stage_layers(model.cfg.depth, stages, stage))
     for name in list(model.backbone.layers.keys()):
         if name not in keep:

@@ -1,8 +1,9 @@
-"""One optimizer step's forward and backward over its micro-batches, without and with pipeline
-parallelism. Both return the same thing: the loss breakdown averaged over the micro-batches, on
-every rank, with gradients accumulated as if each micro-batch's loss were divided by their count.
+"""One optimizer step's forward and backward over its micro-batches without pipeline
+parallelism (LocalStep), and what it shares with the pipeline's (pipelining.PipelineStep). Both
+return the same thing: the loss breakdown averaged over the micro-batches, on every rank, with
+gradients accumulated as if each micro-batch's loss were divided by their count.
 
-    step = make_step(model_or_stage, mesh, pcfg, autocast, device, microbatches, rows, seq_len)
+    step = LocalStep(model, autocast)
     totals = step(batches, seeds)       # {"loss", "text", "understanding", "image"}
 
 `seeds[i]` seeds the noise and time draws of micro-batch i, so any layout draws what a
@@ -15,12 +16,10 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from model.batch import PackedBatch
 from model.multimodal import MultimodalModel
-
-PARTS = ("loss", "text", "understanding", "image")
+from pipeline.engines.base import LOSS_PARTS as PARTS
 
 
 class LocalStep:
@@ -39,17 +38,6 @@ class LocalStep:
             for k, v in {"loss": out.loss.detach(), **out.losses}.items():
                 totals[k] += float(v) / len(batches)
         return totals
-
-
-def make_step(model: nn.Module, mesh, pcfg, autocast: AbstractContextManager | None, device: torch.device,
-              microbatches: int, rows: int, seq_len: int):
-    """The step function for this layout: `model` is the MultimodalModel, or with pp > 1 this
-    rank's `pipelining.StageModule`, whose micro-batches must all be (rows, seq_len)."""
-    if pcfg.pp == 1:
-        return LocalStep(model, autocast)
-    from pipeline.engines.native.pipelining import PipelineStep
-
-    return PipelineStep(model, mesh, pcfg, autocast, device, microbatches, rows, seq_len)
 
 
 def share_from_last_stage(values: list[float], mesh, device: torch.device) -> list[float]:

@@ -1,15 +1,20 @@
-"""ParallelConfig: the parallel degrees, checked once against the world size and the model, and
-turned into a named DeviceMesh (no process-group globals).
+"""ParallelConfig: the engine-neutral `[parallel]` section. The degrees every engine reads,
+checked once against the world size and the model before any process starts (`nodd train`,
+`nodd submit`), with messages that say what to change. Standard library only, so checking a
+layout imports no torch.
 
-Mesh dimensions, outermost first: pp, dp_replicate, dp_shard, tp (tensor parallel innermost: it
-talks most, so its ranks are neighbours, on one node where possible).
+Each engine adds its own rules in `Engine.check` (e.g. a schedule it does not run) and builds
+its own process groups from the resolved degrees (native: `build_mesh` in engines/native/parallelize.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from core.errors import ConfigError
+
+PipelineSchedule = Literal["1f1b", "gpipe"]
 
 
 @dataclass
@@ -31,13 +36,22 @@ class ParallelConfig:
     dp_shard: int = -1
     tp: int = 1
     pp: int = 1
-    pp_schedule: str = "1f1b"
+    pp_schedule: PipelineSchedule = "1f1b"
 
-    def resolved(self, world: int) -> "ParallelConfig":
-        """Fill dp_shard=-1 from the world size and check the product equals it."""
+    def validate(self) -> None:
+        """What holds for any world size (called when the config is loaded)."""
         for name in ("dp_replicate", "tp", "pp"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"parallel.{name} must be >= 1, got {getattr(self, name)}")
+        if self.dp_shard < 1 and self.dp_shard != -1:
+            raise ConfigError(f"parallel.dp_shard must be >= 1 or -1 (fill from the world size), got {self.dp_shard}")
+        if self.pp_schedule not in get_args(PipelineSchedule):
+            raise ConfigError(f"parallel.pp_schedule must be one of {', '.join(get_args(PipelineSchedule))}, "
+                              f"got {self.pp_schedule!r}")
+
+    def resolved(self, world: int) -> "ParallelConfig":
+        """Fill dp_shard=-1 from the world size and check the product equals it."""
+        self.validate()
         others = self.dp_replicate * self.tp * self.pp
         dp_shard = self.dp_shard
         if dp_shard == -1:
@@ -50,8 +64,6 @@ class ParallelConfig:
                 f"parallel degrees dp_replicate={self.dp_replicate} x dp_shard={dp_shard} x tp={self.tp} x "
                 f"pp={self.pp} = {dp_shard * others} do not match the world size {world}; make their product "
                 f"{world} (or set parallel.dp_shard=-1 to fill it)")
-        if self.pp_schedule not in ("1f1b", "gpipe"):
-            raise ConfigError(f"parallel.pp_schedule must be '1f1b' or 'gpipe', got {self.pp_schedule!r}")
         return ParallelConfig(self.dp_replicate, dp_shard, self.tp, self.pp, self.pp_schedule)
 
     @property
@@ -74,14 +86,3 @@ class ParallelConfig:
             raise ConfigError(f"the 1F1B pipeline schedule needs at least parallel.pp={self.pp} micro-batches per "
                               f"step; set optim.grad_accum >= {self.pp} (got {microbatches}) or "
                               "parallel.pp_schedule=gpipe")
-
-    def build_mesh(self, device_type: str):
-        """A DeviceMesh with every dimension named (size-1 ones included, so code can always ask
-        for mesh["tp"]); plus the flattened "dp" dimension for data loading and loss averaging."""
-        from torch.distributed.device_mesh import init_device_mesh
-
-        names = ("pp", "dp_replicate", "dp_shard", "tp")
-        shape = (self.pp, self.dp_replicate, self.dp_shard, self.tp)
-        mesh = init_device_mesh(device_type, shape, mesh_dim_names=names)
-        mesh["dp_replicate", "dp_shard"]._flatten("dp")
-        return mesh

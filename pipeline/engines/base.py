@@ -1,0 +1,145 @@
+"""The Engine interface every training engine implements, and the lazy registry of engines.
+
+    engine_class = get_engine(cfg.train.engine)             # ConfigError names the extra to install
+    pcfg = engine_class.check(cfg.parallel, cfg.model, world, cfg.optim.grad_accum)   # before any process
+    engine = engine_class(cfg, dist_info)                   # builds the parallel model and optimizer
+    result = engine.train_step(micro_batches, seeds, lr)    # StepResult: losses over dp ranks, grad norm
+    engine.save(folder); engine.load(folder)                # model + optimizer payload of a checkpoint
+    weights = engine.export_state_dict()                    # MultimodalModel names, for sampling/eval
+
+The trainer (pipeline/train/loop.py) keeps what is engine-neutral: the schedule, batches and noise
+seeds, metrics, the stop flag and the checkpoint folder protocol; an engine owns the model, the
+optimizer and the parallelism (OLMo-core's TrainModule, torchtitan's TrainSpec). Every engine
+must give the loss a one-process native run gives on the same weights and data
+(tests/pipeline/engines/test_parity.py drives each registered engine through this interface).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from core.errors import ConfigError
+from pipeline.engines.parallel import ParallelConfig
+
+if TYPE_CHECKING:  # torch stays out of `nodd submit` and config checks
+    import torch
+
+    from model.batch import PackedBatch
+    from model.config import ModelConfig
+    from model.multimodal import MultimodalModel
+    from pipeline.distributed import DistInfo
+    from pipeline.train.config import TrainConfig
+
+LOSS_PARTS = ("loss", "text", "understanding", "image")  # the breakdown every step reports
+
+
+@dataclass
+class StepResult:
+    losses: dict[str, float]  # LOSS_PARTS, averaged over micro-batches and data-parallel ranks
+    grad_norm: float  # global L2 norm of the gradients before clipping
+
+
+class Engine(ABC):
+    """One training engine: owns the parallel model, its optimizer and their state."""
+
+    name: ClassVar[str]
+
+    @classmethod
+    def check(cls, parallel: ParallelConfig, model: ModelConfig, world: int, microbatches: int) -> ParallelConfig:
+        """The layout resolved for `world` processes, or a ConfigError saying what to change.
+        Cheap (no process group, no model): `nodd train` and `nodd submit` call it before any
+        process starts. Engines extend it with their own rules."""
+        resolved = parallel.resolved(world)
+        resolved.check_model(model, microbatches)
+        return resolved
+
+    @abstractmethod
+    def __init__(self, cfg: TrainConfig, dist: DistInfo):
+        """Build this rank's part of the parallel model (every layout starting from the weights
+        of a one-process run) and its optimizer."""
+
+    @property
+    @abstractmethod
+    def dp_rank(self) -> int:
+        """This rank's data-parallel index: which shard of the data its loader reads."""
+
+    @property
+    @abstractmethod
+    def dp_size(self) -> int:
+        """Data-parallel ranks (model replicas or shards that read different data)."""
+
+    @property
+    @abstractmethod
+    def matmul_params(self) -> int:
+        """Parameters of the whole model that take part in a matmul per token (for MFU)."""
+
+    @abstractmethod
+    def train_step(self, micro_batches: list[PackedBatch], seeds: list[int], lr: float) -> StepResult:
+        """One optimizer step over this rank's micro-batches: forward and backward, gradient
+        sync, clipping, the optimizer step at learning rate `lr`, and zeroing the gradients.
+        `seeds[i]` seeds micro-batch i's noise and time draws."""
+
+    @abstractmethod
+    def save(self, folder: Path) -> None:
+        """Write the model and optimizer state into `folder` (every rank calls it)."""
+
+    @abstractmethod
+    def load(self, folder: Path) -> None:
+        """Restore what `save` wrote, possibly under another layout or world size."""
+
+    @abstractmethod
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        """Full CPU tensors in MultimodalModel parameter names (every rank calls it). Each
+        returns the names it is responsible for writing, so the union over ranks is the whole
+        model and no name appears twice; most ranks return nothing."""
+
+    @abstractmethod
+    def eval_model(self) -> MultimodalModel | None:
+        """A plain one-device MultimodalModel holding the current weights on rank 0 (None on
+        other ranks), for sampling during a run. Every rank calls it."""
+
+
+@dataclass(frozen=True)
+class EngineEntry:
+    module: str  # where the Engine subclass lives, imported on first use
+    requires: str  # the module that must be importable (the engine's own package)
+    extra: str  # pip extra that installs it
+
+
+ENGINES = {
+    "native": EngineEntry("pipeline.engines.native.engine:NativeEngine", "torch.distributed", ""),
+    "megatron": EngineEntry("pipeline.engines.megatron.engine:MegatronEngine", "megatron.core", "megatron"),
+    "deepspeed": EngineEntry("pipeline.engines.deepspeed.engine:DeepSpeedEngine", "deepspeed", "deepspeed"),
+}
+
+
+def get_engine(name: str) -> type[Engine]:
+    """The Engine class registered as `name` (train.engine), imported now."""
+    entry = ENGINES.get(name)
+    if entry is None:
+        raise ConfigError(f"train.engine={name!r} is not an engine; choose one of: {', '.join(ENGINES)}")
+    if importlib.util.find_spec(entry.requires.split(".")[0]) is None or not _importable(entry.requires):
+        raise ConfigError(f"train.engine={name!r} needs {entry.requires}, which is not installed: "
+                          f"pip install 'nodd[{entry.extra}]' (or train.engine=native)")
+    module_name, _, class_name = entry.module.partition(":")
+    if importlib.util.find_spec(module_name.rpartition(".")[0]) is None:
+        raise ConfigError(f"train.engine={name!r}: this version of nodd does not include that engine yet "
+                          "(docs/architecture.md lists the engines); use train.engine=native")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def check_layout(cfg: TrainConfig, world: int) -> ParallelConfig:
+    """cfg's parallel layout for `world` processes under its engine, resolved and checked."""
+    return get_engine(cfg.train.engine).check(cfg.parallel, cfg.model, world, cfg.optim.grad_accum)
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False

@@ -1,0 +1,126 @@
+"""NativeEngine: torch.distributed's own parallelism (FSDP2, DTensor tensor parallel,
+torch.distributed.pipelining), the reference every other engine matches loss for loss.
+
+Build: the model on the meta device -> the pipeline cut -> parallelize (tensor parallel,
+activation checkpointing, compile, FSDP2) -> materialise this rank's shards with the weights a
+one-process run starts from (materialize.py). A step: forward and backward over the micro-batches
+(LocalStep, or the pipeline schedule) -> sum tensor-parallel partial gradients -> clip over every
+mesh and stage -> AdamW -> the loss breakdown averaged over data-parallel ranks.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from model.multimodal import MultimodalModel
+from pipeline.distributed import DistInfo
+from pipeline.engines.base import LOSS_PARTS, Engine, StepResult
+from pipeline.engines.native.materialize import init_plan, materialise, replay_construction_draws
+from pipeline.engines.native.parallelize import build_mesh, parallelize, sync_partial_grads
+from pipeline.engines.native.pipelining import PipelineStep, build_stage
+from pipeline.engines.native.state import load_state, save_state
+from pipeline.engines.native.steps import LocalStep
+from pipeline.train.config import TrainConfig
+from pipeline.train.metrics import matmul_params
+from pipeline.train.optim import build_optimizer, clip_grad_norm
+
+
+class NativeEngine(Engine):
+    name = "native"
+
+    def __init__(self, cfg: TrainConfig, dist_info: DistInfo):
+        self.cfg, self.info = cfg, dist_info
+        self.pcfg = self.check(cfg.parallel, cfg.model, dist_info.world, cfg.optim.grad_accum)
+        self.mesh = build_mesh(self.pcfg, dist_info.device.type) if dist_info.world > 1 else None
+        self.model, self.root = self._build_model()
+        self.optimizer = build_optimizer(self.model, cfg.optim, distributed=self.mesh is not None)
+        autocast = (torch.autocast(dist_info.device.type, dtype=torch.bfloat16) if cfg.train.precision == "bf16"
+                    else nullcontext())
+        if self.pcfg.pp > 1:
+            self.forward_backward = PipelineStep(self.root, self.mesh, self.pcfg, autocast, dist_info.device,
+                                                 cfg.optim.grad_accum, cfg.data.batch_rows, cfg.data.seq_len)
+        else:
+            self.forward_backward = LocalStep(self.model, autocast)
+
+    def _build_model(self) -> tuple[MultimodalModel, torch.nn.Module]:
+        """This rank's part of the parallel model, and the module a step runs (the model, or its
+        pipeline stage). Nothing is allocated before the layout is applied."""
+        cfg = self.cfg
+        with torch.device("meta"):
+            model = MultimodalModel(cfg.model)
+        self._matmul_params = matmul_params(model)  # of the whole model, before the pipeline cut
+        plan = init_plan(model)
+        torch.manual_seed(cfg.train.seed)
+        replay_construction_draws(model)
+        root = build_stage(model, self.mesh, self.pcfg) if self.pcfg.pp > 1 else model
+        parallelize(model, self.mesh, self.pcfg, root=root, activation_checkpointing=cfg.train.activation_checkpointing,
+                    compile_blocks=cfg.train.compile, reshard_after_forward=cfg.native.reshard_after_forward)
+        materialise(model, plan, self.info.device)
+        return model, root
+
+    @property
+    def dp_rank(self) -> int:
+        return self.mesh["dp"].get_local_rank() if self.mesh is not None else 0
+
+    @property
+    def dp_size(self) -> int:
+        return self.pcfg.dp
+
+    @property
+    def matmul_params(self) -> int:
+        return self._matmul_params
+
+    def train_step(self, micro_batches, seeds, lr) -> StepResult:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        totals = self.forward_backward(micro_batches, seeds)
+        if self.mesh is not None:
+            sync_partial_grads(self.model, self.mesh, self.pcfg)
+        stage_group = self.mesh["pp"].get_group() if self.pcfg.pp > 1 else None
+        grad_norm = clip_grad_norm(list(self.model.parameters()), self.cfg.optim.grad_clip, stage_group,
+                                   self.info.device)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(self._mean_over_dp(totals), grad_norm)
+
+    def _mean_over_dp(self, totals: dict[str, float]) -> dict[str, float]:
+        """Each data-parallel rank saw other data: the logged loss is their mean (what the
+        averaged gradients optimise), not rank 0's own value."""
+        if self.pcfg.dp == 1:
+            return totals
+        t = torch.tensor([totals[k] for k in LOSS_PARTS], dtype=torch.float64, device=self.info.device)
+        dist.all_reduce(t, group=self.mesh["dp"].get_group())
+        return dict(zip(LOSS_PARTS, (t / self.pcfg.dp).cpu().tolist()))
+
+    def save(self, folder: Path) -> None:
+        save_state(folder, self.model, self.optimizer)
+
+    def load(self, folder: Path) -> None:
+        load_state(folder, self.model, self.optimizer)
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        """Each stage's parameters, gathered one at a time on its first data- and tensor-parallel
+        rank (which keeps them on the CPU); the other ranks only take part in the gathers."""
+        keeps = self.mesh is None or (self.mesh["dp"].get_local_rank() == 0 and self.mesh["tp"].get_local_rank() == 0)
+        weights = {}
+        for name, param in self.model.named_parameters():
+            full = param.full_tensor() if hasattr(param, "full_tensor") else param
+            if keeps:
+                weights[name] = full.detach().to("cpu", copy=True)
+        return weights
+
+    def eval_model(self) -> MultimodalModel | None:
+        weights = self.export_state_dict()
+        if self.pcfg.pp > 1:  # the other stages' parameters come to rank 0
+            gathered = [None] * self.info.world if self.info.is_main else None
+            dist.gather_object(weights, gathered, dst=0)
+            weights = {k: v for part in gathered or [] for k, v in part.items()}
+        if not self.info.is_main:
+            return None
+        from pipeline.export import model_from_weights
+
+        return model_from_weights(self.cfg.model, weights, self.info.device)

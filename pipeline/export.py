@@ -1,0 +1,125 @@
+"""The engine-neutral export: what sampling, captioning and evaluation read, whatever engine trained.
+
+    FOLDER/model.safetensors                   weights in MultimodalModel parameter names, or, when
+    FOLDER/model-00001-of-0000N.safetensors    several ranks wrote parts (pipeline stages), N files
+    FOLDER/model.safetensors.index.json        and Hugging Face's index {"weight_map": {name: file}}
+    FOLDER/model.json                          export_version, the model config, the text and image
+                                               tokenizers and the latent statistics
+
+The trainer writes one into every checkpoint (`step-N/export/`, train.export_weights) from
+`Engine.export_state_dict()`; `nodd export RUN` copies the newest. A tied LM head is not stored
+(it is the token embedding). Change EXPORT_VERSION when the layout changes meaning.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from core.errors import DataError
+from core.files import atomic_path, write_text_atomic
+from model.config import ModelConfig
+from model.multimodal import MultimodalModel
+
+EXPORT_VERSION = 1
+WEIGHTS, INDEX, META = "model.safetensors", "model.safetensors.index.json", "model.json"
+
+
+def run_meta(cfg) -> dict:
+    """model.json's contents for a TrainConfig: the model, its tokenizers, latent statistics."""
+    from data_prep import schema
+    from pipeline.data.samples import LatentNorm
+
+    manifests = [schema.Manifest.read(d) for d in cfg.data.shard_dirs]
+    norm = LatentNorm.from_manifests(manifests) if cfg.data.normalise_latents else None
+    return {"export_version": EXPORT_VERSION, "model": asdict(cfg.model), "text_tokenizer": cfg.data.text_tokenizer,
+            "image_tokenizer": cfg.data.tokenizer or manifests[0].tokenizer.get("path", ""),
+            "latent_norm": norm.to_dict() if norm else None}
+
+
+def write_export(folder: Path, weights: dict[str, torch.Tensor], meta: dict | None, rank: int = 0,
+                 world: int = 1) -> Path:
+    """Every rank calls it with the weights it is responsible for (most with none; rank 0 with
+    `meta`). Files are written atomically; model.json last, so a folder with it is whole."""
+    import torch.distributed as dist
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [sorted(weights)]
+    if world > 1:
+        names = [None] * world
+        dist.all_gather_object(names, sorted(weights))
+    writers = [r for r, n in enumerate(names) if n]
+    seen = [name for n in names for name in n]
+    assert len(seen) == len(set(seen)), "two ranks exported the same parameter"
+
+    def file_of(r: int) -> str:
+        return WEIGHTS if len(writers) == 1 else f"model-{writers.index(r) + 1:05d}-of-{len(writers):05d}.safetensors"
+
+    if weights:
+        with atomic_path(folder / file_of(rank)) as tmp:
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp), metadata={"format": "pt"})
+    if world > 1:
+        dist.barrier()
+    if rank == 0:
+        if len(writers) > 1:
+            index = {"metadata": {"export_version": EXPORT_VERSION},
+                     "weight_map": {name: file_of(r) for r in writers for name in names[r]}}
+            write_text_atomic(folder / INDEX, json.dumps(index, indent=2))
+        write_text_atomic(folder / META, json.dumps(meta, indent=2))
+    if world > 1:
+        dist.barrier()
+    return folder
+
+
+def is_export(folder: Path) -> bool:
+    return (Path(folder) / META).is_file()
+
+
+def read_export(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(weights, meta) of an export folder."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{folder / META} cannot be read ({exc}); export the run again with `nodd export RUN`") from None
+    version = meta.get("export_version", 1)  # exports made before the version field are version 1
+    if version > EXPORT_VERSION:
+        raise DataError(f"{folder} is export version {version}, newer than this nodd reads ({EXPORT_VERSION}); "
+                        "upgrade nodd")
+    if (folder / INDEX).is_file():
+        files = sorted(set(json.loads((folder / INDEX).read_text(encoding="utf-8"))["weight_map"].values()))
+    else:
+        files = [WEIGHTS]
+    weights = {}
+    for name in files:
+        try:
+            weights.update(load_file(folder / name))
+        except Exception as exc:  # noqa: BLE001 - missing or truncated file: same advice
+            raise DataError(f"{folder / name} cannot be read ({exc}); export the run again with `nodd export RUN`") from None
+    return weights, meta
+
+
+def model_config(meta: dict) -> ModelConfig:
+    known = {f.name for f in fields(ModelConfig)}
+    return ModelConfig(**{k: v for k, v in meta["model"].items() if k in known})
+
+
+def model_from_weights(cfg: ModelConfig, weights: dict[str, torch.Tensor], device: torch.device | str = "cpu",
+                       strict: bool = True) -> MultimodalModel:
+    """A plain MultimodalModel holding `weights` (built on the meta device: no random draws).
+    strict=False: leave what `weights` lacks uninitialised (a caller loads it next)."""
+    with torch.device("meta"):
+        model = MultimodalModel(cfg)
+    model.to_empty(device=device)
+    model.tie_weights()
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not (cfg.tie_embeddings and k == "lm_head.weight")]
+    if strict and (missing or unexpected):
+        raise DataError(f"the exported weights do not fit the model config (missing {missing[:3]}, unexpected "
+                        f"{unexpected[:3]}); export the run again with `nodd export RUN`")
+    return model
