@@ -37,7 +37,8 @@ LAYOUTS = {
 }
 
 
-def run_layout(nproc: int, extra: list[str], shards: str, steps: int, workdir: Path) -> float:
+def run_layout(nproc: int, extra: list[str], shards: str, steps: int, workdir: Path) -> tuple[float, list[float]]:
+    """Median tokens/s after the first logged interval, and each rank's peak memory (GiB)."""
     run_dir = workdir / f"run-{nproc}-{len(extra)}-{time.monotonic_ns()}"
     cmd = [sys.executable, "-m", "pipeline.cli", "train", "--config", str(ROOT / "configs/train/shapes.toml"),
            f"run_dir={run_dir}", f"data.shards={shards}", f"train.steps={steps}", "train.log_every=5",
@@ -50,7 +51,7 @@ def run_layout(nproc: int, extra: list[str], shards: str, steps: int, workdir: P
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     shutil.rmtree(run_dir, ignore_errors=True)
-    return statistics.median(r["tokens_per_s"] for r in records[1:])
+    return statistics.median(r["tokens_per_s"] for r in records[1:]), records[-1]["memory_gib_per_rank"]
 
 
 def loader_tokens_per_s(shards: str, batches: int) -> tuple[float, float]:
@@ -78,16 +79,19 @@ def main() -> None:
         raise SystemExit(f"no shards at {args.shards}: run `make demo` first (or pass --shards)")
     loader_tps, efficiency = loader_tokens_per_s(args.shards, 200)
     results: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+    memory: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
             for name, (nproc, extra) in LAYOUTS.items():
-                results[name].append(run_layout(nproc, extra, args.shards, args.steps, Path(tmp)))
+                tokens_per_s, memory[name] = run_layout(nproc, extra, args.shards, args.steps, Path(tmp))
+                results[name].append(tokens_per_s)
     print(f"\ntrain benchmark: {os.cpu_count()} cores, configs/train/shapes.toml, {args.steps} steps x {args.rounds} rounds")
     base = statistics.median(results["1 process"])
-    print(f"{'layout':40} {'tokens/s':>10} {'vs 1 process':>13}  runs")
+    print(f"{'layout':40} {'tokens/s':>10} {'vs 1 process':>13}  {'peak GiB per rank':>18}  runs")
     for name, values in results.items():
         median = statistics.median(values)
-        print(f"{name:40} {median:>10,.0f} {median / base:>12.2f}x  {', '.join(f'{v:,.0f}' for v in values)}")
+        peaks = "/".join(f"{m:.2f}" for m in memory[name])  # CPU: the process's peak RSS, runtime included
+        print(f"{name:40} {median:>10,.0f} {median / base:>12.2f}x  {peaks:>18}  {', '.join(f'{v:,.0f}' for v in values)}")
     fastest = max(statistics.median(v) for v in results.values())
     print(f"\nloader alone: {loader_tps:,.0f} packed tokens/s (packing efficiency {efficiency:.1%}); "
           f"{loader_tps / fastest:.1f}x what the fastest layout consumes (target >= 10x)")

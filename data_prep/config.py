@@ -113,7 +113,7 @@ class RayConfig:
 
     address: str = ""
     # Logical CPUs of a local Ray (0 = 2 x the cores, so decode tasks and encoder actors overlap
-    # instead of hanging on a 2-core machine; see ENVIRONMENT.md).
+    # instead of hanging on a 2-core machine: ray issue 44687; data_prep/ray_runtime.py).
     num_cpus: int = 0
     # Encoder actors (0 = one per core locally, one per GPU when GPUs exist).
     encoders: int = 0

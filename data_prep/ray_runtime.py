@@ -1,7 +1,7 @@
 """Starting or joining Ray for prep, and sizing the encoder actor pool.
 
 On a 2-core machine an actor pool that takes every logical CPU starves the read/decode stage and
-Ray Data hangs for good (ray issue 44687, ../shared/ENVIRONMENT.md). A local Ray therefore gets
+Ray Data hangs for good (ray issue 44687). A local Ray therefore gets
 twice as many logical CPUs as cores: decode tasks (0.5 CPU) and encoder actors (1 CPU, one torch
 thread) then overlap instead of deadlocking, and the OS shares the real cores.
 """

@@ -1,6 +1,6 @@
 """ModelConfig: every knob of the mixed text-and-latent transformer, validated up front.
 
-One config serves the three generation modes (ARCHITECTURE.md, "Generation modes"); fields of
+One config serves the three generation modes (README, "The model"); fields of
 the other modes are ignored but still validated, so switching `mode` never meets a broken value.
 """
 

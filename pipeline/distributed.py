@@ -1,7 +1,7 @@
 """Process-group set-up shared by every engine: backend by device, rank/world from the
 environment torchrun or srun provides, and a clean exit that dodges gloo's shutdown crash.
 
-Facts (ENVIRONMENT.md): on CPU use gloo with MASTER_ADDR=127.0.0.1; a gloo process sometimes dies
+Facts measured with torch 2.13: on CPU use gloo with MASTER_ADDR=127.0.0.1; a gloo process sometimes dies
 at interpreter exit with "terminate called without an active exception" after correct results.
 A barrier, flushed output and `os._exit` avoid it, so CI never goes red at random.
 """

@@ -1,3 +1,5 @@
-"""Training engines: build the parallel model from `model/` and a config, run optimisation steps
-on packed batches, save and load state. `native` (torch.distributed: FSDP2, DTensor tensor
-parallel) is the reference every other engine must match loss for loss."""
+"""Training engines behind one interface (base.py: Engine, the lazy registry, StepResult) and the
+engine-neutral `[parallel]` section (parallel.py). An engine builds the parallel model from
+`model/` and a TrainConfig, runs optimisation steps on packed batches, saves and loads its
+payload and exports weights in MultimodalModel names. `native/` is the reference every other
+engine must match loss for loss (tests/pipeline/engines/test_parity.py)."""

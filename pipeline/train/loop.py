@@ -69,6 +69,17 @@ def noise_seed(seed: int, step: int, micro: int, dp_rank: int) -> int:
     return ((seed * 1_000_003 + step) * 64 + micro) * 4096 + dp_rank
 
 
+def memory_record(device: torch.device) -> dict:
+    """Peak memory of every rank (they differ: pipeline stages, FSDP shards) and their maximum."""
+    mine = torch.tensor([peak_memory_gib(device)], dtype=torch.float64, device=device)
+    ranks = [mine]
+    if dist.is_initialized():
+        ranks = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+        dist.all_gather(ranks, mine)
+    per_rank = [round(float(r), 3) for r in ranks]
+    return {"memory_gib": max(per_rank), "memory_gib_per_rank": per_rank}
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     info = init_distributed(cfg.train.device)
     layout = check_layout(cfg, info.world)  # a bad layout fails here, before anything is written
@@ -117,7 +128,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                               "grad_norm": round(result.grad_norm, 4), "lr": lr,
                               "tokens_per_s": round(tokens_since * engine.dp_size / elapsed, 1),
                               "mfu": round(flops_since * engine.dp_size / elapsed / (peak * info.world), 4),
-                              "memory_gib": round(peak_memory_gib(info.device), 3),
+                              **memory_record(info.device),
                               "packing": round(loader.efficiency, 4), "time": time.time()})
             started, tokens_since, flops_since = time.perf_counter(), 0, 0.0
         stopping = stop.agreed()

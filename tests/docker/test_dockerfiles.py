@@ -71,7 +71,7 @@ TORCH_FAMILY = {"torch", "torchvision", "torchaudio", "triton"}
 # Versions known to build and run against each torch minor. Bumping torch means re-checking these
 # and adding a row: flash-attn 2.x's CUDA build hard-codes -std=c++17, which torch 2.13's headers
 # still accept and torch 2.14's reject (C++20 required), so there is no 2.14 row yet.
-# megatron-core 0.16.1 and DeepSpeed 0.19.8 were run against torch 2.13 (shared/ENVIRONMENT.md).
+# megatron-core 0.16.1 and DeepSpeed 0.19.8 were run against torch 2.13 (measured on CPU with gloo).
 KNOWN_GOOD = {
     "2.13": {
         "flash-attn": SpecifierSet(">=2.6.3,<=2.8.3"),

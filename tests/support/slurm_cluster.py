@@ -1,5 +1,5 @@
 """A real one-node Slurm (munged, slurmctld, slurmd from Debian's slurm-wlm and munge) started
-by the test suite in its loopback-only network namespace. See ENVIRONMENT.md for why each
+by the test suite in its loopback-only network namespace; the comments below say why each
 setting is there. Needs root, the binaries, and a private network namespace (`make test`)."""
 
 from __future__ import annotations

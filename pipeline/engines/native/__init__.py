@@ -1,2 +1,3 @@
-"""The torch-native engine: ParallelConfig -> DeviceMesh -> parallelize(model) (tensor parallel,
-then FSDP2), the reference for every other engine."""
+"""The torch-native engine (`train.engine = "native"`): FSDP2, DTensor tensor parallel and
+torch.distributed.pipelining behind the Engine interface; the reference every other engine
+matches loss for loss. engine.py is the entry; see docs/architecture.md."""
