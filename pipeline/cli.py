@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--count", type=int, default=16, help="images to decode (default 16)")
     inspect.add_argument("--tokenizer", help="decode with this tokenizer instead of the manifest's")
 
-    train = commands.add_parser("train", help="train the multimodal model (native engine; one or many processes)")
+    train = commands.add_parser("train", help="train the multimodal model (any train.engine; one or many processes)")
     train.add_argument("--config", help="TOML file (see configs/train/)")
     train.add_argument("--nproc", type=int, default=0,
                        help="start N local processes with torchrun (default: use the environment torchrun/srun set)")
@@ -160,11 +160,15 @@ def _shards(args) -> int:
 def _train(args) -> int:
     from core.config import load_config
     from pipeline.train.config import TrainConfig
-    from pipeline.train.launch import already_distributed, launch_local
+    from pipeline.train.launch import already_distributed, die_with_torchrun_agent, launch_local
 
     cfg = load_config(TrainConfig, args.config, args.overrides)  # fail here, before starting processes
     if args.nproc > 1 and not already_distributed():
+        from pipeline.engines.base import check_layout
+
+        check_layout(cfg, args.nproc)  # a bad layout fails in one line, before torchrun starts
         return launch_local(args.nproc, args.argv)
+    die_with_torchrun_agent()  # a worker must not outlive its torchrun agent
     import torch.distributed as dist
 
     from pipeline.distributed import exit_process
