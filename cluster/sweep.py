@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import Literal
 
 from core.config import toml_value
 from core.errors import ConfigError
@@ -36,7 +37,7 @@ class SweepSpec:
 
     name: str = "sweep"
     job: str = ""
-    target: str = "local"
+    target: Literal["local", "slurm", "ray", "k8s"] = "local"
     job_overrides: list[str] = field(default_factory=list)
     grid: dict[str, list] = field(default_factory=dict)
     run_root: str = ""

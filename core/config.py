@@ -101,7 +101,8 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
-            raise ConfigError(f"{name}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
+            shown = ", ".join(str(c) if c != "" else '""' for c in choices)  # "" (off) must stay visible
+            raise ConfigError(f"{name}={value!r} is not valid; choose one of: {shown}")
         return value
     if origin in (Union, types.UnionType):
         args = get_args(tp)

@@ -55,7 +55,7 @@ def finalize(cfg: PrepConfig, out_dir: Path, num_items: int, num_units: int, fin
 
         export_webdataset(out_dir, manifest)
     manifest.write(out_dir)
-    _log_summary(total, errors, reasons, out_dir)
+    _log_summary(total, errors, reasons)
     return manifest.__dict__
 
 
@@ -95,7 +95,7 @@ def _text_tokenizer_info(spec: str, fingerprint: str) -> dict:
             "fingerprint": fingerprint, "vocab_size": text.vocab_size}
 
 
-def _log_summary(total: int, errors: list[dict], reasons: Counter, out_dir: Path) -> None:
+def _log_summary(total: int, errors: list[dict], reasons: Counter) -> None:
     log.info("%d samples written, %d skipped", total, len(errors))
     for reason, count in reasons.most_common(10):
         log.info("  skipped %5d x %s", count, reason)

@@ -41,7 +41,6 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 SHARD_GLOB = "shard-*.parquet"
 METADATA_KEY = b"nodd"
-MODALITIES = ("image", "video", "text")
 
 ARROW_SCHEMA = pa.schema(
     [

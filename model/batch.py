@@ -139,6 +139,30 @@ class _Encoded:
     generated: list[bool]  # per span: does it carry the image loss
 
 
+def best_fit(lengths: list[int], seq_len: int, rows: int | None = None) -> tuple[list[list[int]], list[int]]:
+    """Best-fit decreasing: document indices, longest first (ties in order), each into the row whose
+    free space it fills most tightly (the first such row on ties). With `rows=None` a document that
+    fits nowhere opens a new row; with a fixed number of rows it is left over instead. Returns
+    (indices per row, indices left over longest first)."""
+    placed: list[list[int]] = [[] for _ in range(rows or 0)]
+    free = [seq_len] * (rows or 0)
+    left_over: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):  # stable: deterministic ties
+        fits = [r for r in range(len(free)) if free[r] >= lengths[i]]
+        if fits:
+            best = min(fits, key=lambda r: free[r] - lengths[i])
+        elif rows is None:
+            placed.append([])
+            free.append(seq_len)
+            best = len(free) - 1
+        else:
+            left_over.append(i)
+            continue
+        placed[best].append(i)
+        free[best] -= lengths[i]
+    return placed, left_over
+
+
 class Packer:
     """Turns documents into a `PackedBatch` for one `ModelConfig` (special ids, patching, order)."""
 
@@ -147,37 +171,29 @@ class Packer:
 
     def pack(self, documents: list[Document], seq_len: int | None = None,
              generator: torch.Generator | None = None) -> PackedBatch:
-        """Pack in order, first fit, never splitting a document. `seq_len=None` makes one row
-        holding everything (no padding); otherwise rows of exactly `seq_len` tokens."""
+        """`seq_len=None`: one row holding every document in order (no padding). Otherwise as many
+        rows of exactly `seq_len` tokens as `best_fit` needs, never splitting a document."""
         if not documents:
             raise DataError("cannot pack an empty list of documents")
-        encoded = [self.encode(d, generator) for d in documents]
-        rows: list[list[_Encoded]] = []
-        lengths: list[int] = []
-        for doc in encoded:
-            n = len(doc.tokens)
-            if seq_len is not None and n > seq_len:
+        if seq_len is None:
+            return self.collate([documents], None, generator)
+        lengths = [self.length(d) for d in documents]
+        for n in lengths:
+            if n > seq_len:
                 raise DataError(f"a {n}-token document does not fit seq_len={seq_len}; raise seq_len or "
                                 "shorten captions (images cannot be split)")
-            for r, used in enumerate(lengths):
-                if seq_len is None or used + n <= seq_len:
-                    rows[r].append(doc)
-                    lengths[r] += n
-                    break
-            else:
-                rows.append([doc])
-                lengths.append(n)
-        width = seq_len if seq_len is not None else lengths[0]
-        return self._collate(rows, width, generator)
+        rows, _ = best_fit(lengths, seq_len)
+        return self.collate([[documents[i] for i in row] for row in rows], seq_len, generator)
 
-    def collate(self, rows: list[list[Document]], seq_len: int,
+    def collate(self, rows: list[list[Document]], seq_len: int | None,
                 generator: torch.Generator | None = None) -> PackedBatch:
-        """Rows already assigned by a caller (the training loader's best-fit packer)."""
+        """Documents already assigned to rows (by `best_fit`), each row in order; `seq_len=None`
+        makes the rows as wide as the longest."""
         encoded = [[self.encode(d, generator) for d in row] for row in rows]
         longest = max(sum(len(d.tokens) for d in row) for row in encoded)
-        if longest > seq_len:
+        if seq_len is not None and longest > seq_len:
             raise DataError(f"a row of {longest} tokens does not fit seq_len={seq_len}")
-        return self._collate(encoded, seq_len, generator)
+        return self._collate(encoded, longest if seq_len is None else seq_len, generator)
 
     def length(self, doc: Document) -> int:
         """Tokens `doc` will take, without encoding it: specials + text + image tokens."""

@@ -11,9 +11,6 @@ from typing import Literal
 
 from core.errors import ConfigError
 
-MODES = ("transfusion", "mar", "discrete")
-BACKENDS = ("auto", "sdpa", "flex", "flash")
-
 
 @dataclass
 class ModelConfig:

@@ -17,7 +17,6 @@ from data_prep.media import check_caption, decode_caption, decode_image
 from data_prep.sources.base import BatchSource, Item, LoadResult, Sample, SampleFailure, group_by_file, list_files
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
-CAPTION_EXTS = ("txt", "caption", "json")
 
 
 def split_member(name: str) -> tuple[str, str]:

@@ -7,7 +7,7 @@ A pretrained diffusers VAE can stand in via `load_diffusers_vae`. Text side: `By
 """
 
 from .autoencoder import ImageTokenizer, TokenizerOutput
-from .config import KINDS, TokenizerConfig
+from .config import TokenizerConfig
 from .diffusers_vae import DiffusersVAE, load_diffusers_vae
 from .fsq import FSQ
 from .io import compute_fingerprint, load_tokenizer, save_tokenizer, tokenizer_fingerprint
@@ -19,7 +19,6 @@ from .training import evaluate, fit
 from .vq import VectorQuantizer, codebook_utilisation, perplexity
 
 __all__ = [
-    "KINDS",
     "BPETokenizer",
     "ByteTokenizer",
     "Decoder",

@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
+from core import config as core_config
 from core.errors import ConfigError
 
-KINDS = ("kl", "vq", "fsq")
+TokenizerKind = Literal["kl", "vq", "fsq"]
 
 
 @dataclass
@@ -51,7 +52,7 @@ class TokenizerConfig:
             product ([8, 5, 5, 5] -> 1000 codes, 4 latent channels).
     """
 
-    kind: str = "kl"
+    kind: TokenizerKind = "kl"
     image_size: int = 32
     downsample: int = 4
     channels: int = 32
@@ -68,8 +69,9 @@ class TokenizerConfig:
 
     def validate(self) -> "TokenizerConfig":
         """Raise ConfigError naming the first bad field and its valid values; return self."""
-        if self.kind not in KINDS:
-            raise ConfigError(f"tokenizer.kind = {self.kind!r} is not valid; choose one of {list(KINDS)}")
+        if self.kind not in get_args(TokenizerKind):  # built in Python, not through the loader
+            raise ConfigError(f"tokenizer.kind={self.kind!r} is not valid; choose one of: "
+                              f"{', '.join(get_args(TokenizerKind))}")
         _positive_int("image_size", self.image_size)
         _positive_int("downsample", self.downsample)
         if self.downsample < 2 or self.downsample & (self.downsample - 1):
@@ -129,19 +131,9 @@ class TokenizerConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TokenizerConfig":
-        """Build and validate from a dict (e.g. a TOML [tokenizer] table); unknown keys are an error."""
-        if not isinstance(d, dict):
-            raise ConfigError(f"tokenizer config must be a table/dict, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown tokenizer config key(s) {unknown}; valid keys are {sorted(known)}"
-            )
-        kwargs = dict(d)
-        if "fsq_levels" in kwargs and isinstance(kwargs["fsq_levels"], tuple):
-            kwargs["fsq_levels"] = list(kwargs["fsq_levels"])
-        return cls(**kwargs).validate()
+        """Build and validate from a dict (a saved tokenizer_config.json): strictly, as
+        core.config loads every config (unknown keys, wrong types, a `kind` not in the Literal)."""
+        return core_config.from_dict(cls, d, "tokenizer").validate()
 
 
 def _positive_int(name: str, value: Any) -> None:

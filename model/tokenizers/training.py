@@ -11,17 +11,10 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 
 from core.errors import ConfigError, DataError
+from core.schedule import warmup_cosine
 
 from .autoencoder import ImageTokenizer
 from .vq import codebook_utilisation, perplexity
-
-
-def lr_at(step: int, steps: int, lr: float, warmup: int, final_frac: float = 0.1) -> float:
-    """Linear warmup for `warmup` steps, then cosine decay to final_frac * lr at the last step."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup - 1)
-    return lr * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
 def _batch_stream(batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
@@ -85,7 +78,7 @@ def fit(
         if not isinstance(x, torch.Tensor):
             raise DataError(f"fit expects each batch to be a Tensor (B, 3, H, W), got {type(x).__name__}")
         x = x.to(device, non_blocking=True)
-        cur_lr = lr_at(step, steps, lr, warmup)
+        cur_lr = warmup_cosine(step, warmup, end=steps - 1, floor=0.1, peak=lr)  # 10% of lr at the last step
         for group in opt.param_groups:
             group["lr"] = cur_lr
         _, losses = tokenizer(x)

@@ -4,10 +4,10 @@
     batch = loader.next_batch()          # `batch_rows` rows of `seq_len` tokens
     state = loader.state_dict()          # goes into every checkpoint; load_state_dict resumes exactly
 
-Best-fit decreasing over a window of `lookahead` documents: longest first, each into the row
-whose free space it fills most tightly; what fits nowhere waits for the next batch. Rows end
-nearly full without ever splitting a document (or an image). `efficiency` = non-padding tokens /
-tokens emitted.
+Best-fit decreasing (model.batch.best_fit) over a window of `lookahead` documents: longest
+first, each into the row whose free space it fills most tightly; what fits nowhere waits for the
+next batch. Rows end nearly full without ever splitting a document (or an image). `efficiency` =
+non-padding tokens / tokens emitted.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from core.errors import DataError
-from model.batch import Document, PackedBatch, Packer
+from model.batch import Document, PackedBatch, Packer, best_fit
 from model.config import ModelConfig
 from pipeline.data.config import DataConfig
 from pipeline.data.reader import ShardReader
@@ -53,12 +53,10 @@ class PackedLoader:
         return doc
 
     def next_batch(self) -> PackedBatch:
-        """Best-fit decreasing over a window: the documents left over from the last batch plus
-        new ones up to `lookahead`, longest first, each into the row it fills most tightly; what
-        fits nowhere waits for the next batch (and goes first then, being among the longest)."""
+        """`best_fit` over a window: the documents left over from the last batch plus new ones up
+        to `lookahead` into `batch_rows` rows; what fits nowhere waits for the next batch (and
+        goes first then, being among the longest)."""
         cfg = self.cfg
-        rows: list[list[Document]] = [[] for _ in range(cfg.batch_rows)]
-        free = [cfg.seq_len] * cfg.batch_rows
         pool = self.pending
         lengths = [self.packer.length(d) for d in pool]
         capacity = cfg.batch_rows * cfg.seq_len
@@ -66,21 +64,11 @@ class PackedLoader:
         while len(pool) < cfg.lookahead or sum(lengths) < 1.5 * capacity:
             pool.append(self._next_document())
             lengths.append(self.packer.length(pool[-1]))
-        order = sorted(range(len(pool)), key=lambda i: -lengths[i])  # stable: deterministic ties
-        waiting = []
-        for i in order:
-            fits = [r for r in range(cfg.batch_rows) if free[r] >= lengths[i]]
-            if not fits:
-                waiting.append(pool[i])
-                continue
-            best = min(fits, key=lambda r: free[r] - lengths[i])
-            rows[best].append(pool[i])
-            free[best] -= lengths[i]
-        self.pending = waiting
-        used = cfg.batch_rows * cfg.seq_len - sum(free)
-        self.real_tokens += used
-        self.emitted_tokens += cfg.batch_rows * cfg.seq_len
-        return self.packer.collate(rows, cfg.seq_len, self.torch_rng)
+        rows, left_over = best_fit(lengths, cfg.seq_len, cfg.batch_rows)
+        self.pending = [pool[i] for i in left_over]
+        self.real_tokens += sum(lengths[i] for row in rows for i in row)
+        self.emitted_tokens += capacity
+        return self.packer.collate([[pool[i] for i in row] for row in rows], cfg.seq_len, self.torch_rng)
 
     def __iter__(self):
         while True:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from core.errors import ConfigError
+from core.schedule import warmup_cosine
 from model.config import ModelConfig
 from pipeline.data.config import DataConfig
 from pipeline.engines.native.config import NativeConfig
@@ -24,6 +25,10 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0  # max global gradient norm (0 = off)
     grad_accum: int = 1  # micro-batches per optimizer step
+
+    def lr_at(self, step: int, total: int) -> float:
+        """The learning rate at `step` (0-based) of `total` steps."""
+        return self.lr * warmup_cosine(step, self.warmup_steps, total, self.min_lr_ratio)
 
     def validate(self) -> None:
         if self.lr <= 0 or self.grad_accum < 1 or self.warmup_steps < 0 or self.grad_clip < 0:

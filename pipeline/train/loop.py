@@ -36,7 +36,6 @@ from pipeline.train.metrics import (
     measure_peak_flops,
     peak_memory_gib,
 )
-from pipeline.train.optim import lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +111,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     last = {}
     started, tokens_since, flops_since = time.perf_counter(), 0, 0.0
     while step < cfg.train.steps:
-        lr = cfg.optim.lr * lr_factor(step, cfg.optim, cfg.train.steps)
+        lr = cfg.optim.lr_at(step, cfg.train.steps)
         batches = [loader.next_batch().to(info.device) for _ in range(cfg.optim.grad_accum)]
         seeds = [noise_seed(cfg.train.seed, step, micro, engine.dp_rank) for micro in range(len(batches))]
         result = engine.train_step(batches, seeds, lr)

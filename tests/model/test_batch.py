@@ -65,15 +65,24 @@ def test_packing_rows_and_padding():
     assert one.segment_ids[0].unique().tolist() == [1, 2, 3, 4]
     rows = packer(cfg).pack(docs, seq_len=40)
     assert rows.tokens.shape[1] == 40 and rows.num_tokens == one.num_tokens
-    # first fit moved a document to a later row; every latent is still there exactly once
+    # best fit reordered the documents; every latent is still there exactly once
     assert rows.latents.shape == one.latents.shape
     torch.testing.assert_close(rows.latents.sum(0), one.latents.sum(0))
-    assert rows.tokens.shape[0] == 3 and rows.segment_ids[0].max() == 2  # 13+20 | 32 | 33 tokens
+    assert rows.segment_ids.amax(1).tolist() == [1, 1, 2]  # 33 | 32 | 20+13 tokens
     assert (rows.segment_ids == 0).any()  # padding where a row could not be filled
     with pytest.raises(DataError, match="does not fit seq_len"):
         packer(cfg).pack(docs, seq_len=10)
     # spans are numbered per row, grids listed in batch order
     assert one.span_grid.tolist() == [[1, 4, 4]] * 3
+
+
+def test_best_fit_places_longest_first_into_the_tightest_row():
+    # 7 and 6 open the rows, 3 fills the first (3 free) exactly, the 2s go where 4 are free
+    assert pb.best_fit([3, 7, 2, 6, 2], 10, rows=2) == ([[1, 0], [3, 2, 4]], [])
+    # a fixed number of rows leaves what fits nowhere over, longest first
+    assert pb.best_fit([3, 7, 2, 6, 2, 5, 2], 10, rows=2) == ([[1, 0], [3, 2, 4]], [5, 6])
+    # no row limit: a document that fits nowhere opens a row
+    assert pb.best_fit([3, 7, 2, 6, 5], 10) == ([[1, 0], [3, 2], [4]], [])
 
 
 def test_mar_random_order_permutes_generated_images_only():

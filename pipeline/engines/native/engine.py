@@ -20,13 +20,13 @@ from model.multimodal import MultimodalModel
 from pipeline.distributed import DistInfo
 from pipeline.engines.base import LOSS_PARTS, Engine, StepResult
 from pipeline.engines.native.materialize import init_plan, materialise, replay_construction_draws
+from pipeline.engines.native.optim import build_optimizer, clip_grad_norm
 from pipeline.engines.native.parallelize import build_mesh, parallelize, sync_partial_grads
 from pipeline.engines.native.pipelining import PipelineStep, build_stage
 from pipeline.engines.native.state import load_state, save_state
 from pipeline.engines.native.steps import LocalStep
 from pipeline.train.config import TrainConfig
 from pipeline.train.metrics import matmul_params
-from pipeline.train.optim import build_optimizer, clip_grad_norm
 
 
 class NativeEngine(Engine):

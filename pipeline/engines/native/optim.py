@@ -1,8 +1,7 @@
-"""AdamW, its learning-rate schedule, and a gradient-norm clip that works across device meshes."""
+"""The native engine's AdamW and a gradient-norm clip that works across device meshes (the
+learning rate comes from the trainer each step: OptimConfig.lr_at)."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -14,15 +13,8 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, distributed: bool)
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # foreach fails on a mix of DTensor and plain parameters (ENVIRONMENT.md)
+    # foreach fails on a mix of DTensor and plain parameters (torch 2.13: "got mixed torch.Tensor and DTensor")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=False if distributed else None)
-
-
-def lr_factor(step: int, cfg: OptimConfig, total: int) -> float:
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 @torch.no_grad()
