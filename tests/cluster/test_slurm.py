@@ -12,9 +12,10 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.jobs import job_status, wait_for
+from support.cluster_helpers import newest_job_id, write_prep_job, write_train_job
+from support.polling import wait_until
 from support.slurm_cluster import SlurmCluster, unavailable
 from support.train_helpers import losses
-from support.cluster_helpers import newest_job_id, write_prep_job, write_train_job
 
 pytestmark = pytest.mark.slow
 
@@ -38,16 +39,6 @@ def slurm_env(slurm, monkeypatch):
 def submit(job: Path, *extra: str) -> str:
     assert main(["submit", "--target", "slurm", "--job", str(job), *extra]) == 0
     return newest_job_id()
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def diagnose(cluster: SlurmCluster, slurm_id: str, status, run: Path) -> str:

@@ -5,11 +5,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
+
+from support.polling import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -27,16 +28,6 @@ def processes_mentioning(text: str) -> dict[int, str]:
         if text in cmdline:  # a zombie's command line is empty: only live processes match
             found[int(entry.name)] = cmdline
     return found
-
-
-def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 LINUX_ONLY = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
