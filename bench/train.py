@@ -91,7 +91,8 @@ def main() -> None:
     for name, values in results.items():
         median = statistics.median(values)
         peaks = "/".join(f"{m:.2f}" for m in memory[name])  # CPU: the process's peak RSS, runtime included
-        print(f"{name:40} {median:>10,.0f} {median / base:>12.2f}x  {peaks:>18}  {', '.join(f'{v:,.0f}' for v in values)}")
+        runs = ", ".join(f"{v:,.0f}" for v in values)
+        print(f"{name:40} {median:>10,.0f} {median / base:>12.2f}x  {peaks:>18}  {runs}")
     fastest = max(statistics.median(v) for v in results.values())
     print(f"\nloader alone: {loader_tps:,.0f} packed tokens/s (packing efficiency {efficiency:.1%}); "
           f"{loader_tps / fastest:.1f}x what the fastest layout consumes (target >= 10x)")

@@ -1,8 +1,9 @@
-"""`nodd train`: config, the training loop, checkpoints, metrics.
+"""`nodd train`: the engine-neutral trainer.
 
-  config.py       TrainConfig (model, data, parallel, optim, train sections)
-  checkpoint.py   atomic torch.distributed.checkpoint saves with loader state and RNG, keep-last-K
-  optim.py        AdamW, warmup + cosine schedule, gradient clipping across meshes
-  loop.py         train(cfg): the loop (one process or many; the native engine)
-  launch.py       --nproc N: start torchrun on this machine
+  config.py       TrainConfig (model, data, parallel, optim, train, native sections)
+  loop.py         train(cfg): schedule, batches and seeds, metrics, stop flag; any engine
+  checkpoint.py   the checkpoint folder protocol (.tmp then rename, meta.json, keep-K, loader
+                  state, export/); the engine writes the model and optimizer payload
+  metrics.py      FLOPs, MFU, memory; metrics.jsonl, TensorBoard, progress bar
+  launch.py       --nproc N: start torchrun on this machine, tied to the launcher (no orphans)
 """
