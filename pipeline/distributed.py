@@ -20,7 +20,6 @@ import torch.distributed as dist
 class DistInfo:
     rank: int
     world: int
-    local_rank: int
     device: torch.device
 
     @property
@@ -43,7 +42,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
         os.environ.setdefault("RANK", str(rank))
         os.environ.setdefault("WORLD_SIZE", str(world))
         dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=rank, world_size=world)
-    return DistInfo(rank, world, local_rank, torch.device(device, local_rank) if device == "cuda" else torch.device(device))
+    return DistInfo(rank, world, torch.device(device, local_rank) if device == "cuda" else torch.device(device))
 
 
 def exit_process(code: int = 0) -> None:

@@ -75,7 +75,7 @@ def reference(layout: dict, world: int, steps: int, mode: str) -> dict:
 
     dp = ParallelConfig(**layout).resolved(world).dp
     cfg = train_config(mode, {}, microbatches=dp * MICRO)
-    engine = NativeEngine(cfg, DistInfo(0, 1, 0, torch.device("cpu")))
+    engine = NativeEngine(cfg, DistInfo(0, 1, torch.device("cpu")))
     data = [batches(cfg.model, r, steps) for r in range(dp)]
     losses = []
     for step in range(steps):

@@ -12,7 +12,7 @@ from pipeline.distributed import DistInfo
 from pipeline.engines.native.engine import NativeEngine
 from support.parity import train_config
 
-ONE_PROCESS = DistInfo(0, 1, 0, torch.device("cpu"))
+ONE_PROCESS = DistInfo(0, 1, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("mode, options", [
