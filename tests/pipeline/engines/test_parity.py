@@ -51,9 +51,10 @@ ROWS = [pytest.param(engine, *row, marks=pytest.mark.skipif(not installed(engine
 FOUR_PROCESS = {"tp2 x dp2", "pp2 x dp2"}  # one mode each: 4 processes are slow on 2 cores
 
 
-def run_layout(engine, layout, world, mode, tmp_path) -> dict:
+def run_layout(engine, layout, world, mode, tmp_path, model_options=None) -> dict:
     out = tmp_path / "result.json"
-    mp.spawn(worker, args=(world, engine, layout, STEPS, mode, free_port(), str(out)), nprocs=world, join=True)
+    mp.spawn(worker, args=(world, engine, layout, STEPS, mode, free_port(), str(out), model_options), nprocs=world,
+             join=True)
     return json.loads(out.read_text())
 
 
@@ -69,6 +70,14 @@ def test_layout_matches_one_process(engine, name, layout, world, mode, tmp_path)
     assert got[-1] < got[0]  # same batches and noise every step: it trains
     for a, b in zip(got, expected):
         assert abs(a - b) < 1e-5, (got, expected)
+
+
+@pytest.mark.slow
+def test_tied_embeddings_stay_tied_through_a_sharded_meta_build(tmp_path):
+    tied = {"tie_embeddings": True}
+    got = run_layout("native", {"dp_shard": 2}, 2, "discrete", tmp_path, tied)["losses"]
+    expected = reference({"dp_shard": 2}, 2, STEPS, "discrete", tied)["losses"]
+    assert got[-1] < got[0] and all(abs(a - b) < 1e-5 for a, b in zip(got, expected)), (got, expected)
 
 
 @pytest.mark.slow
