@@ -80,12 +80,13 @@ def reference(layout: dict, world: int, steps: int, mode: str, model_options: di
     cfg = train_config(mode, {}, microbatches=dp * MICRO, model_options=model_options)
     engine = NativeEngine(cfg, DistInfo(0, 1, torch.device("cpu")))
     data = [batches(cfg.model, r, steps) for r in range(dp)]
-    losses = []
+    results = []
     for step in range(steps):
         micro = [b for r in range(dp) for b in data[r][step]]
         seeds = [seed_of(step, m, r) for r in range(dp) for m in range(MICRO)]
-        losses.append(engine.train_step(micro, seeds, LR).losses["loss"])
-    return {"losses": losses, "state_bytes": state_bytes(engine)}
+        results.append(engine.train_step(micro, seeds, LR))
+    return {"losses": [r.losses["loss"] for r in results], "grad_norms": [r.grad_norm for r in results],
+            "state_bytes": state_bytes(engine)}
 
 
 def worker(rank: int, world: int, engine_name: str, layout: dict, steps: int, mode: str, port: int,
@@ -100,9 +101,10 @@ def worker(rank: int, world: int, engine_name: str, layout: dict, steps: int, mo
     cfg = train_config(mode, layout, engine_name, model_options=model_options)
     engine = get_engine(engine_name)(cfg, info)
     data = batches(cfg.model, engine.dp_rank, steps)
-    losses = [engine.train_step(data[step], [seed_of(step, m, engine.dp_rank) for m in range(MICRO)], LR).losses["loss"]
-              for step in range(steps)]
+    results = [engine.train_step(data[step], [seed_of(step, m, engine.dp_rank) for m in range(MICRO)], LR)
+               for step in range(steps)]
     if rank == 0:
         with open(out_path, "w", encoding="utf-8") as f:
-            json.dump({"losses": losses, "state_bytes": state_bytes(engine)}, f)
+            json.dump({"losses": [r.losses["loss"] for r in results], "grad_norms": [r.grad_norm for r in results],
+                       "state_bytes": state_bytes(engine)}, f)
     exit_process(0)

@@ -19,24 +19,39 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, distributed: bool)
 
 @torch.no_grad()
 def clip_grad_norm(parameters, max_norm: float, stage_group=None, device: torch.device | None = None) -> float:
-    """Global L2 norm over every gradient, whatever mesh it lives on: a DTensor's norm is reduced
-    over its own mesh, plain (replicated) gradients count once, and with pipeline stages
-    (`stage_group`: the "pp" process group) each stage's sum of squares is added up.
-    `torch.nn.utils.clip_grad_norm_` refuses parameters on different meshes (2-D dp x tp)."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    total = torch.zeros((), dtype=torch.float64)
-    for g in grads:
-        sq = g.float().pow(2).sum()
-        if hasattr(sq, "full_tensor"):
-            sq = sq.full_tensor()
-        total += sq.double().cpu()
+    """Global L2 norm over every gradient, whatever mesh it lives on, then clip to `max_norm`
+    (`device`: where the gradients live, for the collectives).
+
+    Gradients are grouped by how they are split: plain tensors (replicated: counted once), and
+    DTensors by (mesh, sharded mesh dims). Each group's local sum of squares is one fused norm,
+    added up over its sharded dims with one all-reduce per dim; with pipeline stages
+    (`stage_group`: the "pp" process group) the stages' sums are added too. One host sync in all,
+    not a collective and a sync per parameter. (`torch.nn.utils.clip_grad_norm_` refuses
+    parameters on different meshes: 2-D dp x tp.)"""
+    from torch.distributed.tensor import Replicate
+
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for p in parameters:
+        g = p.grad
+        if g is None:
+            continue
+        if hasattr(g, "to_local"):
+            if any(pl.is_partial() for pl in g.placements):  # partial sums: their squares do not add up
+                g = g.redistribute(placements=[Replicate() if pl.is_partial() else pl for pl in g.placements])
+            dims = tuple(i for i, pl in enumerate(g.placements) if not pl.is_replicate())
+            groups.setdefault((g.device_mesh, dims), []).append(g.to_local())
+        else:
+            groups.setdefault((None, ()), []).append(g)
+    local = [t for tensors in groups.values() for t in tensors]
+    total = torch.zeros((), dtype=torch.float64, device=device or (local[0].device if local else "cpu"))
+    for (mesh, dims), tensors in groups.items():
+        sq = torch.stack(torch._foreach_norm([t.float() for t in tensors], 2.0)).double().square().sum()
+        for dim in dims:
+            torch.distributed.all_reduce(sq, group=mesh.get_group(dim))
+        total += sq
     if stage_group is not None:
-        total = total.to(device or "cpu")
         torch.distributed.all_reduce(total, group=stage_group)
-        total = total.cpu()
-    norm = float(total.sqrt())
+    norm = float(total.sqrt())  # the one host sync
     if max_norm > 0 and norm > max_norm:
-        scale = max_norm / (norm + 1e-6)
-        for g in grads:
-            g.mul_(scale)
+        torch._foreach_mul_(local, max_norm / (norm + 1e-6))
     return norm
