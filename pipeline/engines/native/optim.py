@@ -23,8 +23,8 @@ def clip_grad_norm(parameters, max_norm: float, stage_group=None, device: torch.
     (`device`: where the gradients live, for the collectives).
 
     Gradients are grouped by how they are split: plain tensors (replicated: counted once), and
-    DTensors by (mesh, sharded mesh dims). Each group's local sum of squares is one fused norm,
-    added up over its sharded dims with one all-reduce per dim; with pipeline stages
+    DTensors by (mesh, sharded mesh dims). Each group's local sum of squares is added up over its
+    sharded dims with one all-reduce per dim; with pipeline stages
     (`stage_group`: the "pp" process group) the stages' sums are added too. One host sync in all,
     not a collective and a sync per parameter. (`torch.nn.utils.clip_grad_norm_` refuses
     parameters on different meshes: 2-D dp x tp.)"""
@@ -45,7 +45,9 @@ def clip_grad_norm(parameters, max_norm: float, stage_group=None, device: torch.
     local = [t for tensors in groups.values() for t in tensors]
     total = torch.zeros((), dtype=torch.float64, device=device or (local[0].device if local else "cpu"))
     for (mesh, dims), tensors in groups.items():
-        sq = torch.stack(torch._foreach_norm([t.float() for t in tensors], 2.0)).double().square().sum()
+        # each tensor's float32 sum of squares, as before fusing: one-process and replica runs keep
+        # their exact numbers (a fused norm would round differently and move every later step)
+        sq = torch.stack([t.float().pow(2).sum() for t in tensors]).double().sum()
         for dim in dims:
             torch.distributed.all_reduce(sq, group=mesh.get_group(dim))
         total += sq
