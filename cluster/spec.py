@@ -10,7 +10,7 @@
     [slurm]
     partition = "debug"
 
-Read by `nodd submit --job FILE [key=value ...]` (pipeline/config.py fills it strictly). The same
+Read by `nodd submit --job FILE [key=value ...]` (core/config.py fills it strictly). The same
 spec renders for every target; only `--target` changes. Every string that reaches a scheduler
 is checked here (no control characters; names from a safe alphabet) and then quoted by the
 renderer, never handed to a shell as is.
