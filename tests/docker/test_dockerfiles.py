@@ -50,6 +50,20 @@ def test_versions_pinned(dockerfile):
     assert "torch==" in text or "pytorch/pytorch:" in base
 
 
+def copied_packages(dockerfile_text: str) -> set[str]:
+    return {m.group(1) for m in re.finditer(r"^COPY (\w+) \./\1$", dockerfile_text, re.MULTILINE)}
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_every_installed_package_is_copied_into_the_image(dockerfile):
+    """`pip install .` in the image installs what pyproject.toml names; a package left out of the
+    COPY lines (as `core` once was) gives an image whose `nodd` fails at import."""
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {name.rstrip("*") for name in include}
+    assert packages <= copied_packages(dockerfile.read_text()), packages - copied_packages(dockerfile.read_text())
+    assert not copied_packages("COPY pipeline ./pipeline\n") >= packages  # the check can fail
+
+
 def test_linter_catches_a_bad_dockerfile(tmp_path):
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM ubuntu\nRUN apt-get install curl\nRUN pip install requests\n")
