@@ -14,13 +14,14 @@ The trainer writes one into every checkpoint (`step-N/export/`, train.export_wei
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from core.errors import DataError
+from core.config import from_dict
+from core.errors import ConfigError, DataError
 from core.files import atomic_path, write_text_atomic
 from model.config import ModelConfig
 from model.multimodal import MultimodalModel
@@ -105,8 +106,13 @@ def read_export(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def model_config(meta: dict) -> ModelConfig:
-    known = {f.name for f in fields(ModelConfig)}
-    return ModelConfig(**{k: v for k, v in meta["model"].items() if k in known})
+    """model.json's model config, read as strictly as a config file: a key this nodd does not
+    know is an error, not silently dropped (it would build another model than the one trained)."""
+    try:
+        return from_dict(ModelConfig, meta["model"], "model")
+    except ConfigError as exc:
+        raise DataError(f"model.json's model config does not fit this nodd ({exc}); upgrade nodd, or export "
+                        "the run again with this version") from None
 
 
 def model_from_weights(cfg: ModelConfig, weights: dict[str, torch.Tensor], device: torch.device | str = "cpu",

@@ -130,5 +130,5 @@ def materialize(out_dir: str | Path, seed: int, count: int, image_size: int = 32
         if not txt.exists():
             write_text_atomic(txt, caption, unique=True)  # exact caption, no newline
         if not meta_path.exists():
-            write_text_atomic(meta_path, json.dumps(meta, sort_keys=True) + "\n")
+            write_text_atomic(meta_path, json.dumps(meta, sort_keys=True) + "\n", unique=True)
     return paths

@@ -123,11 +123,11 @@ def get_engine(name: str) -> type[Engine]:
     entry = ENGINES.get(name)
     if entry is None:
         raise ConfigError(f"train.engine={name!r} is not an engine; choose one of: {', '.join(ENGINES)}")
-    if importlib.util.find_spec(entry.requires.split(".")[0]) is None or not _importable(entry.requires):
+    if not _importable(entry.requires):
         raise ConfigError(f"train.engine={name!r} needs {entry.requires}, which is not installed: "
                           f"pip install 'nodd[{entry.extra}]' (or train.engine=native)")
     module_name, _, class_name = entry.module.partition(":")
-    if importlib.util.find_spec(module_name.rpartition(".")[0]) is None:
+    if not _importable(module_name):
         raise ConfigError(f"train.engine={name!r}: this version of nodd does not include that engine yet "
                           "(docs/architecture.md lists the engines); use train.engine=native")
     return getattr(importlib.import_module(module_name), class_name)
@@ -139,6 +139,7 @@ def check_layout(cfg: TrainConfig, world: int) -> ParallelConfig:
 
 
 def _importable(module: str) -> bool:
+    """Whether `module` can be imported (a missing parent package counts as no)."""
     try:
         return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:

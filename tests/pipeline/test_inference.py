@@ -42,6 +42,12 @@ def test_checkpoints_carry_an_engine_neutral_export_and_old_ones_still_load(tmp_
     assert meta["engine"] == "native" and meta["format_version"] == 2
     assert (checkpoint / "export" / "model.safetensors").is_file()
     new = sample_images(load_run(run), "a blue square", 1, steps=2, cfg_scale=None, seed=3)
+    exported = checkpoint / "export" / "model.json"
+    good = exported.read_text()
+    exported.write_text(json.dumps({**json.loads(good), "model": {**json.loads(good)["model"], "experts": 8}}))
+    with pytest.raises(DataError, match="model.experts.*upgrade nodd"):  # not silently dropped
+        load_run(run)
+    exported.write_text(good)
     # a checkpoint of the first format: no export/, no engine in meta.json -> read from its DCP payload
     shutil.rmtree(checkpoint / "export")
     (checkpoint / "meta.json").write_text(json.dumps({k: v for k, v in meta.items()

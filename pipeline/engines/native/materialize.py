@@ -51,15 +51,13 @@ def replay_construction_draws(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def materialise(model: nn.Module, plan: list[PlannedParameter], device: torch.device) -> None:
+def materialise(model: MultimodalModel, plan: list[PlannedParameter], device: torch.device) -> None:
     """Allocate `model`'s (possibly sharded, possibly pruned) parameters on `device` and fill
     them with their part of the plan's full values."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     model.to_empty(device=device)
-    for module in model.modules():
-        if isinstance(module, MultimodalModel):
-            module.tie_weights()
+    model.tie_weights()
     params = dict(model.named_parameters())
     for planned in plan:
         full = torch.empty(planned.shape, dtype=planned.dtype)  # CPU: the generator one process draws from
