@@ -26,7 +26,9 @@ from core.files import atomic_path, write_text_atomic
 from model.config import ModelConfig
 from model.multimodal import MultimodalModel
 
-EXPORT_VERSION = 1
+# 2: SwiGLU's fused, row-interleaved ffn.w13 became ffn.w1 (gate) and ffn.w3 (up); version 1 still
+# reads (split exactly on load: legacy_ffn)
+EXPORT_VERSION = 2
 WEIGHTS, INDEX, META = "model.safetensors", "model.safetensors.index.json", "model.json"
 
 
@@ -102,7 +104,19 @@ def read_export(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
             weights.update(load_file(folder / name))
         except Exception as exc:  # noqa: BLE001 - missing or truncated file: same advice
             raise DataError(f"{folder / name} cannot be read ({exc}); export the run again with `nodd export RUN`") from None
-    return weights, meta
+    return legacy_ffn(weights) if version < 2 else weights, meta
+
+
+def legacy_ffn(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights of export version 1 in today's names: each ffn.w13 held [gate_0, up_0, gate_1,
+    up_1, ...] row by row, so its even rows are w1 and its odd rows w3 (an exact split)."""
+    out = {}
+    for name, tensor in weights.items():
+        if name.endswith("ffn.w13.weight"):
+            out[name.replace("w13", "w1")], out[name.replace("w13", "w3")] = tensor[0::2].clone(), tensor[1::2].clone()
+        else:
+            out[name] = tensor
+    return out
 
 
 def model_config(meta: dict) -> ModelConfig:

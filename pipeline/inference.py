@@ -25,13 +25,14 @@ from pipeline.export import (
     EXPORT_VERSION,
     META,
     is_export,
+    legacy_ffn,
     model_config,
     model_from_weights,
     read_export,
     run_meta,
     write_export,
 )
-from pipeline.train.checkpoint import EXPORT_DIR, Checkpointer
+from pipeline.train.checkpoint import EXPORT_DIR, LAST_FUSED_FFN_FORMAT, Checkpointer
 
 
 class LoadedRun:
@@ -99,14 +100,34 @@ def _load_native_payload(checkpoint: Path) -> LoadedRun:
     from pipeline.train.checkpoint import read_meta
     from pipeline.train.config import TrainConfig
 
-    engine = read_meta(checkpoint).get("engine", "native")
+    meta = read_meta(checkpoint)
+    engine = meta.get("engine", "native")
     if engine != "native":
         raise DataError(f"{checkpoint} has no export/ folder and was written by the {engine} engine; "
                         "export it with that engine installed: nodd export RUN")
     cfg = load_config(TrainConfig, checkpoint.parents[1] / "train_config.toml")
-    model = model_from_weights(cfg.model, {}, strict=False)
-    load_state(checkpoint, model)
+    if meta.get("format_version", 1) <= LAST_FUSED_FFN_FORMAT:  # may hold ffn.w13: read whole, then split
+        model = model_from_weights(cfg.model, legacy_ffn(_whole_payload(checkpoint)))
+    else:
+        model = model_from_weights(cfg.model, {}, strict=False)
+        load_state(checkpoint, model)
     return LoadedRun(model, run_meta(cfg) | {"checkpoint": str(checkpoint)})
+
+
+def _whole_payload(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The model weights of a DCP payload under the names it was saved with, gathered whole."""
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            dcp_to_torch_save(str(checkpoint), f"{tmp}/payload.pt")
+            state = torch.load(f"{tmp}/payload.pt", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable payload is the same user problem
+            raise DataError(f"checkpoint {checkpoint} cannot be loaded ({type(exc).__name__}: {exc}); use an "
+                            "earlier checkpoint of the run") from None
+    return state["model"]
 
 
 def export(run: str | Path, out: str | Path) -> Path:

@@ -30,7 +30,10 @@ from pipeline.export import write_export
 
 PREFIX = "step-"
 # 2: the engine's name and export/ joined the folder (version 1, native DCP only, still loads)
-FORMAT_VERSION = 2
+# 3: SwiGLU's ffn.w13 became ffn.w1 and ffn.w3 (model/transformer.py). An older payload cannot
+#    be resumed; its export/ (read_export converts it) still samples, evaluates and exports.
+FORMAT_VERSION = 3
+LAST_FUSED_FFN_FORMAT = 2
 EXPORT_DIR = "export"
 
 
@@ -88,6 +91,10 @@ class Checkpointer:
         if meta.get("engine", "native") != engine.name:
             raise DataError(f"{path} was written by the {meta['engine']} engine; resume with "
                             f"train.engine={meta['engine']}, or start a new run from its weights ({path / EXPORT_DIR})")
+        if meta.get("format_version", 1) <= LAST_FUSED_FFN_FORMAT:
+            raise DataError(f"{path} is checkpoint format {meta.get('format_version', 1)}, written before nodd split "
+                            "the SwiGLU projection ffn.w13 into w1 and w3; it cannot be resumed. Its weights still "
+                            f"sample and evaluate (nodd sample --run {path}); start a new run_dir to train on")
         engine.load(path)
         own = path / f"rank-{self.rank:05d}.pt"
         extra = torch.load(own, weights_only=False) if own.is_file() else None

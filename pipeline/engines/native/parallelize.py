@@ -6,10 +6,10 @@ named DeviceMesh (no process-group globals).
 Mesh dimensions, outermost first: pp, dp_replicate, dp_shard, tp (tensor parallel innermost: it
 talks most, so its ranks are neighbours, on one node where possible).
 
-Tensor parallel (DTensor plans): per block, the fused q|k|v and gate|up projections are split
+Tensor parallel (DTensor plans): per block, the fused q|k|v, the gate and the up projections are split
 column-wise and the output projections row-wise, so each rank computes whole head groups and
 MLP units and one all-reduce per sublayer joins them. The layouts in model/transformer.py are
-grouped/interleaved for exactly this. qk-norm weights live inside the split region, so their
+grouped per key/value head for exactly this. qk-norm weights live inside the split region, so their
 gradients are partial per rank: `sync_partial_grads` sums them over the tensor-parallel group
 after backward (an explicit call, not a tensor hook: FSDP2 swaps the parameter objects, and a
 hook on the old ones silently never fires - Adam then hides the halved gradient almost entirely).
@@ -60,7 +60,7 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
     plan = {"attention.wqkv": ColwiseParallel(), "attention.wo": RowwiseParallel(),
-            "ffn.w13": ColwiseParallel(), "ffn.w2": RowwiseParallel()}
+            "ffn.w1": ColwiseParallel(), "ffn.w3": ColwiseParallel(), "ffn.w2": RowwiseParallel()}
     for block in model.backbone.layers.values():
         parallelize_module(block, tp_mesh, plan)
 
