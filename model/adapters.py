@@ -77,6 +77,7 @@ class LatentInput(nn.Module):
             self.proj = nn.Linear(cfg.patch_dim, cfg.width)
 
     def forward(self, vectors: torch.Tensor, span_grid: torch.Tensor) -> torch.Tensor:
+        vectors = vectors.to(self.proj.weight.dtype)  # latents are fp32 data; compute in the weights' dtype
         if self.conv is None:
             return self.proj(vectors)
         p, out = self.cfg.patch_size, []

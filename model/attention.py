@@ -1,6 +1,9 @@
 """Attention backends and the per-forward context that every layer shares.
 
-  sdpa   dense boolean mask + F.scaled_dot_product_attention. The reference; any device; trains on CPU.
+  sdpa   F.scaled_dot_product_attention with a mask made from the ids. The reference; any device;
+         trains on CPU. Packed rows of several documents are cut into one row per document first
+         (masks.document_slots), so attention costs the sum of squared document lengths, not the
+         squared row; on CPU in bf16, short documents attend in fp32 (faster there, see below).
   flex   FlexAttention with a block mask built from the ids. torch 2.13 has no flex backward on
          CPU, so on CPU it serves no-grad passes only (compiled forward); on GPU it trains.
   flash  flash-attn varlen (CUDA). Only document-causal masks: mar and discrete, never transfusion.
@@ -22,16 +25,17 @@ from core.errors import ConfigError
 from model import masks
 from model.rope import rotary_angles
 
-# CPU sequences shorter than this stay on SDPA even without grad: flex's sparsity pays only on
-# long packed sequences (8x at 4,096 tokens, bench/README.md), and each new shape compiles.
-FLEX_MIN_CPU_TOKENS = 2048
+# SDPA's CPU flash kernel in bf16 is slow on short rows: fwd+bwd at 100 tokens took 7.0 ms in bf16
+# against 3.0 ms for the same call upcast to fp32 (2.5 ms in fp32 itself); from ~256 tokens bf16
+# wins. So on CPU, bf16 queries over at most this many keys attend in fp32.
+CPU_BF16_UPCAST_MAX_KEYS = 192
 
 
 def flash_available() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
 
 
-def select_backend(requested: str, device: torch.device, bidirectional: bool, grad: bool, seq_len: int) -> str:
+def select_backend(requested: str, device: torch.device, bidirectional: bool, grad: bool) -> str:
     """Resolve `auto` and refuse combinations that cannot run, saying why."""
     if requested == "flash":
         if bidirectional:
@@ -48,7 +52,9 @@ def select_backend(requested: str, device: torch.device, bidirectional: bool, gr
         return requested
     if device.type == "cuda":
         return "flash" if not bidirectional and flash_available() else "flex"
-    return "flex" if not grad and seq_len >= FLEX_MIN_CPU_TOKENS else "sdpa"
+    # CPU: sdpa, also without grad. It attends per document (masks.document_slots): 166 ms against
+    # flex's 284 ms on a packed 4,096-token row of 40 documents (bench/README.md), with no compile.
+    return "sdpa"
 
 
 class KVCache:
@@ -81,7 +87,8 @@ class AttentionContext:
 
     backend: str
     rotation: torch.Tensor  # (B, 1, Tq, head_dim/2) complex rotary factors
-    mask: torch.Tensor | None = None  # sdpa: (B, 1, Tq, Tk) bool
+    mask: torch.Tensor | None = None  # sdpa: (B, 1, Tq, Tk) bool, or (n, 1, L, L) over `slots`
+    slots: masks.DocumentSlots | None = None  # sdpa: packed documents cut into rows of their own
     block_mask: object = None  # flex
     cu_seqlens: torch.Tensor | None = None  # flash: (docs+1,) int32 over the flattened batch
     max_seqlen: int = 0
@@ -107,8 +114,11 @@ class AttentionContext:
         if cache is not None:  # sampling: a few new tokens against the cache, dense mask
             mask = masks.dense_mask(segment_ids, span_ids, bidirectional)[:, None, -q:]
             return cls("sdpa", rotation, mask=mask, cache=cache)
-        backend = select_backend(requested, segment_ids.device, bidirectional, torch.is_grad_enabled(), q)
+        backend = select_backend(requested, segment_ids.device, bidirectional, torch.is_grad_enabled())
         if backend == "sdpa":
+            slots = masks.document_slots(segment_ids, span_ids, bidirectional)
+            if slots is not None:
+                return cls(backend, rotation, mask=slots.mask, slots=slots)
             return cls(backend, rotation, mask=masks.dense_mask(segment_ids, span_ids, bidirectional)[:, None])
         if backend == "flex":
             return cls(backend, rotation, block_mask=masks.block_mask(segment_ids, span_ids, bidirectional))
@@ -120,12 +130,39 @@ class AttentionContext:
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
     """(B, H, Tq, d) queries, (B, Hkv, Tk, d) keys/values -> (B, H, Tq, d)."""
     if ctx.backend == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.additive_mask(q.dtype),
-                                              enable_gqa=k.shape[1] != q.shape[1])
+        return _sdpa(q, k, v, ctx) if ctx.slots is None else _sdpa_per_document(q, k, v, ctx)
     if ctx.backend == "flex":
         flex = masks.compiled_flex("flex_attention")
         return flex(q, k, v, block_mask=ctx.block_mask, enable_gqa=k.shape[1] != q.shape[1])
     return _flash_varlen(q, k, v, ctx)
+
+
+def _sdpa(q, k, v, ctx: AttentionContext) -> torch.Tensor:
+    """SDPA under ctx.mask (as an additive mask; see AttentionContext.additive_mask)."""
+    gqa = k.shape[1] != q.shape[1]
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and k.shape[2] <= CPU_BF16_UPCAST_MAX_KEYS:
+        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=gqa,
+                                             attn_mask=ctx.additive_mask(torch.float32))
+        return out.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.additive_mask(q.dtype), enable_gqa=gqa)
+
+
+def _sdpa_per_document(q, k, v, ctx: AttentionContext) -> torch.Tensor:
+    """SDPA on the documents cut out of their packed rows, put back in place; padding tokens
+    (which attend only to themselves) get their own value."""
+    b, h, t, d = q.shape
+    slots = ctx.slots
+
+    def tokens(x):  # (B, H', T, d) -> (B*T, H', d)
+        return x.transpose(1, 2).reshape(b * t, x.shape[1], d)
+
+    def cut(x):  # (B, H', T, d) -> (n, H', L, d)
+        return tokens(x).index_select(0, slots.gather).view(slots.n, slots.length, x.shape[1], d).transpose(1, 2)
+
+    out = _sdpa(cut(q), cut(k), cut(v), ctx).transpose(1, 2).reshape(slots.n * slots.length, h, d)
+    own = tokens(v).repeat_interleave(h // v.shape[1], 1) if v.shape[1] != h else tokens(v)
+    out = torch.where(slots.padding[:, None, None], own, out.index_select(0, slots.scatter))
+    return out.view(b, t, h, d).transpose(1, 2)
 
 
 def _flash_varlen(q, k, v, ctx: AttentionContext) -> torch.Tensor:  # pragma: no cover - CUDA only

@@ -46,7 +46,7 @@ class MARHead(nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """(N, D) noised tokens, (N,) times, (N, width) conditions -> (N, D) velocity."""
         cond = self.cond(z) + self.time(t)
-        x = self.input(x_t)
+        x = self.input(x_t.to(self.input.weight.dtype))
         for block in self.blocks:
             x = block(x, cond)
         shift, scale = self.final_modulation(cond).chunk(2, dim=-1)

@@ -8,6 +8,8 @@ run of padding does not become one long causal document that flex/sdpa would spe
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -65,3 +67,48 @@ def document_lengths(segment_ids: torch.Tensor) -> torch.Tensor:
     starts[1:] |= flat[1:] != flat[:-1]
     bounds = torch.nonzero(starts).flatten()
     return torch.diff(bounds, append=torch.tensor([flat.numel()], device=flat.device))
+
+
+@dataclass
+class DocumentSlots:
+    """A packed batch's documents cut out into `n` rows of `length` slots each, so attention
+    costs the sum of n * length^2 instead of B * T^2 (varlen attention on devices without a
+    varlen kernel). Padding tokens (document 0) attend only to themselves: their output is
+    their own value, and they take no slot."""
+
+    gather: torch.Tensor  # (n * length,) flat token index of each slot (slot padding: the document's first token)
+    scatter: torch.Tensor  # (B * T,) flat slot index of each token (padding tokens: 0, overwritten)
+    padding: torch.Tensor  # (B * T,) bool, document 0
+    mask: torch.Tensor  # (n, 1, length, length) bool, the rule on the slots (slot padding attends to itself)
+    n: int
+    length: int
+
+
+# Documents are cut out only where that at least halves the attention work: a row that is one
+# document (or nearly) gains nothing and would pay the two copies.
+SLOT_WORK_RATIO = 0.5
+
+
+def document_slots(segment_ids: torch.Tensor, span_ids: torch.Tensor, bidirectional: bool) -> DocumentSlots | None:
+    """(B, T) ids -> the documents as slots, or None when that would not halve the attention work."""
+    b, t = segment_ids.shape
+    flat_seg = segment_ids.reshape(-1)
+    lengths = document_lengths(segment_ids)
+    starts = torch.cumsum(lengths, 0) - lengths
+    real = flat_seg[starts] > 0
+    lengths, starts = lengths[real], starts[real]
+    if not len(lengths):
+        return None
+    n, length = len(lengths), int(lengths.max())
+    if n * length * length > SLOT_WORK_RATIO * b * t * t:
+        return None
+    offset = torch.arange(length, device=segment_ids.device)
+    valid = offset[None] < lengths[:, None]  # (n, L)
+    gather = torch.where(valid, starts[:, None] + offset[None], starts[:, None])
+    scatter = torch.zeros(b * t, dtype=torch.long, device=segment_ids.device)
+    scatter[gather[valid]] = torch.arange(n * length, device=segment_ids.device).view(n, length)[valid]
+    span = torch.where(valid, span_ids.reshape(-1)[gather], 0)
+    seg = valid.long()
+    mask = allowed(seg[:, :, None], seg[:, None, :], span[:, :, None], span[:, None, :],
+                   offset[:, None], offset[None, :], bidirectional)[:, None]
+    return DocumentSlots(gather.reshape(-1), scatter, flat_seg == 0, mask, n, length)

@@ -42,7 +42,7 @@ class LoopConfig:
     engine: Literal["native", "megatron", "deepspeed"] = "native"  # pipeline/engines/base.py: ENGINES
     steps: int = 200
     seed: int = 0
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast (CPU and GPU)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: bf16 compute, fp32 master weights (native/precision.py)
     log_every: int = 10
     checkpoint_every: int = 100  # also saved at the last step and on SIGTERM/SIGUSR1
     keep_checkpoints: int = 2

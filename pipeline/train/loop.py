@@ -29,6 +29,7 @@ from pipeline.engines.base import check_layout, get_engine
 from pipeline.export import run_meta
 from pipeline.train.checkpoint import Checkpointer
 from pipeline.train.config import TrainConfig
+from pipeline.train.cpu_runtime import tune_cpu_runtime
 from pipeline.train.metrics import (
     MetricsSink,
     flops_per_token,
@@ -81,6 +82,8 @@ def memory_record(device: torch.device) -> dict:
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     info = init_distributed(cfg.train.device)
+    if info.device.type == "cpu":
+        tune_cpu_runtime()
     layout = check_layout(cfg, info.world)  # a bad layout fails here, before anything is written
     run_dir = Path(cfg.run_dir)
     if info.is_main:

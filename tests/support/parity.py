@@ -38,10 +38,10 @@ def tiny_cfg(mode: str = "transfusion") -> ModelConfig:
 
 
 def train_config(mode: str, layout: dict, engine: str = "native", microbatches: int = MICRO,
-                 model_options: dict | None = None) -> TrainConfig:
+                 model_options: dict | None = None, precision: str = "fp32") -> TrainConfig:
     model = dataclasses.replace(tiny_cfg(mode), **(model_options or {}))
-    cfg = TrainConfig(model=model, parallel=ParallelConfig(**layout),
-                      optim=OptimConfig(lr=LR, grad_accum=microbatches), train=LoopConfig(engine=engine, seed=0))
+    cfg = TrainConfig(model=model, parallel=ParallelConfig(**layout), optim=OptimConfig(lr=LR, grad_accum=microbatches),
+                      train=LoopConfig(engine=engine, seed=0, precision=precision))
     cfg.data.batch_rows, cfg.data.seq_len = ROWS, SEQ_LEN  # the pipeline schedule's fixed shapes
     return cfg
 
@@ -71,13 +71,14 @@ def state_bytes(engine) -> int:
     return sum(t.numel() * t.element_size() for t in local if t.dim() > 0)
 
 
-def reference(layout: dict, world: int, steps: int, mode: str, model_options: dict | None = None) -> dict:
+def reference(layout: dict, world: int, steps: int, mode: str, model_options: dict | None = None,
+              precision: str = "fp32") -> dict:
     """One-process native run over all data-parallel ranks' micro-batches: losses and state bytes."""
     from pipeline.distributed import DistInfo
     from pipeline.engines.native.engine import NativeEngine
 
     dp = ParallelConfig(**layout).resolved(world).dp
-    cfg = train_config(mode, {}, microbatches=dp * MICRO, model_options=model_options)
+    cfg = train_config(mode, {}, microbatches=dp * MICRO, model_options=model_options, precision=precision)
     engine = NativeEngine(cfg, DistInfo(0, 1, torch.device("cpu")))
     data = [batches(cfg.model, r, steps) for r in range(dp)]
     results = []
@@ -90,7 +91,7 @@ def reference(layout: dict, world: int, steps: int, mode: str, model_options: di
 
 
 def worker(rank: int, world: int, engine_name: str, layout: dict, steps: int, mode: str, port: int,
-           out_path: str, model_options: dict | None = None) -> None:
+           out_path: str, model_options: dict | None = None, precision: str = "fp32") -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -98,7 +99,7 @@ def worker(rank: int, world: int, engine_name: str, layout: dict, steps: int, mo
     from pipeline.engines.base import get_engine
 
     info = init_distributed("cpu")
-    cfg = train_config(mode, layout, engine_name, model_options=model_options)
+    cfg = train_config(mode, layout, engine_name, model_options=model_options, precision=precision)
     engine = get_engine(engine_name)(cfg, info)
     data = batches(cfg.model, engine.dp_rank, steps)
     results = [engine.train_step(data[step], [seed_of(step, m, engine.dp_rank) for m in range(MICRO)], LR)

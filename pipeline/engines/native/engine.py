@@ -4,13 +4,12 @@ torch.distributed.pipelining), the reference every other engine matches loss for
 Build: the model on the meta device -> the pipeline cut -> parallelize (tensor parallel,
 activation checkpointing, compile, FSDP2) -> materialise this rank's shards with the weights a
 one-process run starts from (materialize.py). A step: forward and backward over the micro-batches
-(LocalStep, or the pipeline schedule) -> sum tensor-parallel partial gradients -> clip over every
+(LocalStep, or the pipeline schedule; in bf16 on copies cast once a step, precision.py) -> sum tensor-parallel partial gradients -> clip over every
 mesh and stage -> AdamW -> the loss breakdown averaged over data-parallel ranks.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from pipeline.engines.native.materialize import init_plan, materialise, replay_c
 from pipeline.engines.native.optim import build_optimizer, clip_grad_norm
 from pipeline.engines.native.parallelize import build_mesh, parallelize, sync_partial_grads
 from pipeline.engines.native.pipelining import PipelineStep, build_stage
+from pipeline.engines.native.precision import DTYPES, CastCopies
 from pipeline.engines.native.state import load_state, save_state
 from pipeline.engines.native.steps import LocalStep
 from pipeline.train.config import TrainConfig
@@ -38,13 +38,14 @@ class NativeEngine(Engine):
         self.mesh = build_mesh(self.pcfg, dist_info.device.type) if dist_info.world > 1 else None
         self.model, self.root = self._build_model()
         self.optimizer = build_optimizer(self.model, cfg.optim, distributed=self.mesh is not None)
-        autocast = (torch.autocast(dist_info.device.type, dtype=torch.bfloat16) if cfg.train.precision == "bf16"
-                    else nullcontext())
+        # bf16: FSDP2 casts at each all-gather (parallelize); without FSDP, copies cast once a step
+        dtype = DTYPES[cfg.train.precision]
+        copies = CastCopies(self.root, dtype) if dtype != torch.float32 and self.pcfg.dp == 1 else None
         if self.pcfg.pp > 1:
-            self.forward_backward = PipelineStep(self.root, self.mesh, self.pcfg, autocast, dist_info.device,
-                                                 cfg.optim.grad_accum, cfg.data.batch_rows, cfg.data.seq_len)
+            self.forward_backward = PipelineStep(self.root, self.mesh, self.pcfg, copies, dist_info.device,
+                                                 cfg.optim.grad_accum, cfg.data.batch_rows, cfg.data.seq_len, dtype)
         else:
-            self.forward_backward = LocalStep(self.model, autocast)
+            self.forward_backward = LocalStep(self.model, copies)
 
     def _build_model(self) -> tuple[MultimodalModel, torch.nn.Module]:
         """This rank's part of the parallel model, and the module a step runs (the model, or its
@@ -58,7 +59,8 @@ class NativeEngine(Engine):
         replay_construction_draws(model)
         root = build_stage(model, self.mesh, self.pcfg) if self.pcfg.pp > 1 else model
         parallelize(model, self.mesh, self.pcfg, root=root, activation_checkpointing=cfg.train.activation_checkpointing,
-                    compile_blocks=cfg.train.compile, reshard_after_forward=cfg.native.reshard_after_forward)
+                    compile_blocks=cfg.train.compile, reshard_after_forward=cfg.native.reshard_after_forward,
+                    precision=cfg.train.precision)
         materialise(model, plan, self.info.device)
         return model, root
 

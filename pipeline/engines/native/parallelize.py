@@ -16,7 +16,7 @@ hook on the old ones silently never fires - Adam then hides the halved gradient 
 Embeddings, adapters and heads stay replicated on the tensor-parallel ranks.
 
 FSDP2: `fully_shard` per block, then the root, over the data-parallel mesh (HSDP when
-dp_replicate > 1). With pipeline stages the root is the StageModule the schedule calls.
+dp_replicate > 1); in bf16 with MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32). With pipeline stages the root is the StageModule the schedule calls.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch.distributed as dist
 from torch import nn
 
+from pipeline.engines.native.precision import fsdp_policy
 from pipeline.engines.parallel import ParallelConfig
 
 
@@ -41,7 +42,7 @@ def build_mesh(cfg: ParallelConfig, device_type: str):
 
 def parallelize(model: nn.Module, mesh, cfg: ParallelConfig, root: nn.Module | None = None,
                 activation_checkpointing: bool = False, compile_blocks: bool = False,
-                reshard_after_forward: bool = True) -> nn.Module:
+                reshard_after_forward: bool = True, precision: str = "fp32") -> nn.Module:
     """`root`: the module whose forward runs each step, when it is not `model` itself (a
     pipeline StageModule around this rank's part of the model). `mesh` is None in one process."""
     if cfg.tp > 1:
@@ -52,7 +53,7 @@ def parallelize(model: nn.Module, mesh, cfg: ParallelConfig, root: nn.Module | N
         for block in model.backbone.layers.values():
             block.compile()
     if cfg.dp > 1:
-        apply_fsdp(model, mesh, cfg, root or model, reshard_after_forward)
+        apply_fsdp(model, mesh, cfg, root or model, reshard_after_forward, fsdp_policy(precision))
     return model
 
 
@@ -81,11 +82,14 @@ def sync_partial_grads(model: nn.Module, mesh, cfg: ParallelConfig) -> None:
             dist.all_reduce(local, group=group)
 
 
-def apply_fsdp(model: nn.Module, mesh, cfg: ParallelConfig, root: nn.Module, reshard_after_forward: bool) -> None:
-    from torch.distributed.fsdp import fully_shard
+def apply_fsdp(model: nn.Module, mesh, cfg: ParallelConfig, root: nn.Module, reshard_after_forward: bool,
+               mp_policy=None) -> None:
+    """`mp_policy`: FSDP2's MixedPrecisionPolicy (bf16 compute, fp32 reduce) or None (fp32)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    mp = {"mp_policy": mp_policy or MixedPrecisionPolicy()}
     dp_mesh = mesh["dp_replicate", "dp_shard"] if cfg.dp_replicate > 1 else mesh["dp_shard"]
     for block in model.backbone.layers.values():
-        fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
+        fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard_after_forward, **mp)
     # embeddings, adapters, heads: gathered around root.forward (and kept for backward: torchtitan's choice)
-    fully_shard(root, mesh=dp_mesh, reshard_after_forward=False)
+    fully_shard(root, mesh=dp_mesh, reshard_after_forward=False, **mp)

@@ -3,7 +3,7 @@ one stage per rank of the mesh's "pp" dimension, run by a 1F1B (or GPipe) schedu
 
     stage = build_stage(full_model, mesh, pcfg)     # on the meta device: drops what this stage does not own
     parallelize(full_model, mesh, pcfg, root=stage)
-    step = PipelineStep(stage, mesh, pcfg, autocast, device, optim.grad_accum, rows, seq_len)
+    step = PipelineStep(stage, mesh, pcfg, copies, device, optim.grad_accum, rows, seq_len, dtype)
 
 Stage 0 owns the embeddings and adapters, the last stage the final norm and every head; the
 blocks are split evenly. Only the hidden states (B, T, W) travel between stages. Everything else
@@ -19,14 +19,13 @@ written under any pipeline layout loads under any other (DCP reshards).
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
-
 import torch
 from torch import nn
 
 from model.batch import PackedBatch
 from model.multimodal import MultimodalModel, StepOutput
 from pipeline.engines.base import LOSS_PARTS as PARTS
+from pipeline.engines.native.precision import CastCopies
 from pipeline.engines.native.steps import share_from_last_stage
 
 FIRST_STAGE_PARTS = ("tok_embeddings", "modality_embeddings", "latent_in", "time_embed", "position_query",
@@ -68,11 +67,9 @@ class StageModule(nn.Module):
     """What the schedule runs per micro-batch: forward(x, micro) -> hidden states, or the loss on
     the last stage. `x` is the previous stage's output (stage 0: the micro-batch index)."""
 
-    def __init__(self, model: MultimodalModel, first: bool, last: bool,
-                 autocast: AbstractContextManager | None = None):
+    def __init__(self, model: MultimodalModel, first: bool, last: bool):
         super().__init__()
         self.model, self.first, self.last = model, first, last
-        self.autocast = autocast or nullcontext()
         self.feed: list[tuple[PackedBatch, int]] = []  # (micro-batch, noise seed) of this step
         self.outputs: list[StepOutput] = []  # last stage: each micro-batch's loss breakdown
 
@@ -80,13 +77,12 @@ class StageModule(nn.Module):
         batch, seed = self.feed[int(micro[0])]
         torch.manual_seed(seed)
         m = self.model
-        with self.autocast:
-            inputs, velocity_target = m.diffusion_inputs(batch) if (self.first or self.last) else (None, None)
-            h = m.embed_batch(batch, inputs) if self.first else x
-            h = m.trunk(h, m.batch_context(batch))
-            if not self.last:
-                return h.float()  # the declared inter-stage dtype, whatever autocast left
-            out = m.losses(h, batch, velocity_target)
+        inputs, velocity_target = m.diffusion_inputs(batch) if (self.first or self.last) else (None, None)
+        h = m.embed_batch(batch, inputs) if self.first else x
+        h = m.trunk(h, m.batch_context(batch))
+        if not self.last:
+            return h
+        out = m.losses(h, batch, velocity_target)
         self.outputs.append(out)
         return out.loss
 
@@ -94,16 +90,17 @@ class StageModule(nn.Module):
 class PipelineStep:
     """Forward and backward of one optimizer step through the pipeline; see steps.LocalStep."""
 
-    def __init__(self, stage_module: StageModule, mesh, pcfg, autocast: AbstractContextManager | None,
-                 device: torch.device, microbatches: int, rows: int, seq_len: int):
+    def __init__(self, stage_module: StageModule, mesh, pcfg, copies: CastCopies | None,
+                 device: torch.device, microbatches: int, rows: int, seq_len: int, dtype: torch.dtype):
         from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
         self.mesh, self.device, self.microbatches = mesh, device, microbatches
         stage, stages = mesh["pp"].get_local_rank(), pcfg.pp
         self.module = stage_module
-        self.module.autocast = autocast or nullcontext()
+        self.copies = copies
         width = stage_module.model.cfg.width
-        hidden = torch.empty(rows, seq_len, width, device="meta", requires_grad=True)  # grads flow back
+        # the hidden states between stages, in the compute dtype; their grads flow back
+        hidden = torch.empty(rows, seq_len, width, device="meta", dtype=dtype, requires_grad=True)
         inputs = torch.empty(1, dtype=torch.long, device="meta") if stage == 0 else hidden
         outputs = torch.empty((), device="meta") if stage == stages - 1 else hidden
         self.stage = PipelineStage(self.module, stage, stages, device, input_args=inputs, output_args=outputs,
@@ -121,7 +118,13 @@ class PipelineStep:
         self.module.outputs = []
         ids = torch.arange(len(batches), device=self.device)
         target = torch.zeros(len(batches), device=self.device)
-        self.schedule.step(ids, target=target, micro=ids, return_outputs=False)
+        if self.copies is None:
+            self.schedule.step(ids, target=target, micro=ids, return_outputs=False)
+        else:  # the schedule runs (and scales the gradients of) the step's bf16 copies
+            self.copies.cast()
+            with self.copies.applied():
+                self.schedule.step(ids, target=target, micro=ids, return_outputs=False)
+            self.copies.fold_grads()
         values = [0.0] * len(PARTS)
         for out in self.module.outputs:  # empty except on the last stage
             parts = {"loss": out.loss.detach(), **out.losses}

@@ -3,7 +3,7 @@ parallelism (LocalStep), and what it shares with the pipeline's (pipelining.Pipe
 return the same thing: the loss breakdown averaged over the micro-batches, on every rank, with
 gradients accumulated as if each micro-batch's loss were divided by their count.
 
-    step = LocalStep(model, autocast)
+    step = LocalStep(model, copies)     # copies: precision.CastCopies (bf16 without FSDP) or None
     totals = step(batches, seeds)       # {"loss", "text", "understanding", "image"}
 
 `seeds[i]` seeds the noise and time draws of micro-batch i, so any layout draws what a
@@ -12,7 +12,7 @@ one-process run draws.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
@@ -20,21 +20,26 @@ import torch.distributed as dist
 from model.batch import PackedBatch
 from model.multimodal import MultimodalModel
 from pipeline.engines.base import LOSS_PARTS as PARTS
+from pipeline.engines.native.precision import CastCopies
 
 
 class LocalStep:
     """Every block on this rank (one process, FSDP, TP): a plain loop of forward + backward."""
 
-    def __init__(self, model: MultimodalModel, autocast: AbstractContextManager | None = None):
-        self.model, self.autocast = model, autocast or nullcontext()
+    def __init__(self, model: MultimodalModel, copies: CastCopies | None = None):
+        self.model, self.copies = model, copies
 
     def __call__(self, batches: list[PackedBatch], seeds: list[int]) -> dict[str, float]:
         totals = dict.fromkeys(PARTS, 0.0)
+        if self.copies is not None:
+            self.copies.cast()
         for batch, seed in zip(batches, seeds):
             torch.manual_seed(seed)
-            with self.autocast:
+            with self.copies.applied() if self.copies is not None else nullcontext():
                 out = self.model(batch)
             (out.loss / len(batches)).backward()
+            if self.copies is not None:
+                self.copies.fold_grads()
             for k, v in {"loss": out.loss.detach(), **out.losses}.items():
                 totals[k] += float(v) / len(batches)
         return totals
