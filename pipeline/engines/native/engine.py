@@ -4,8 +4,9 @@ torch.distributed.pipelining), the reference every other engine matches loss for
 Build: the model on the meta device -> the pipeline cut -> parallelize (tensor parallel,
 activation checkpointing, compile, FSDP2) -> materialise this rank's shards with the weights a
 one-process run starts from (materialize.py). A step: forward and backward over the micro-batches
-(LocalStep, or the pipeline schedule; in bf16 on copies cast once a step, precision.py) -> sum tensor-parallel partial gradients -> clip over every
-mesh and stage -> AdamW -> the loss breakdown averaged over data-parallel ranks.
+(LocalStep, or the pipeline schedule; in bf16 on copies cast once a step, precision.py) -> sum
+tensor-parallel partial gradients -> clip over every mesh and stage -> AdamW -> the loss breakdown
+averaged over data-parallel ranks.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, distributed: bool)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # One process: the fused kernel (one pass over all parameters). Distributed: foreach fails on a
     # mix of DTensor and plain parameters (torch 2.13: "got mixed torch.Tensor and DTensor").
-    fused = {"foreach": False} if distributed else {"fused": True}
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused)
+    kernel = {"foreach": False} if distributed else {"fused": True}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **kernel)
 
 
 @torch.no_grad()

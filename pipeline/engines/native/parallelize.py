@@ -6,17 +6,18 @@ named DeviceMesh (no process-group globals).
 Mesh dimensions, outermost first: pp, dp_replicate, dp_shard, tp (tensor parallel innermost: it
 talks most, so its ranks are neighbours, on one node where possible).
 
-Tensor parallel (DTensor plans): per block, the fused q|k|v, the gate and the up projections are split
-column-wise and the output projections row-wise, so each rank computes whole head groups and
+Tensor parallel (DTensor plans): per block, the fused q|k|v, the gate and the up projections are
+split column-wise and the output projections row-wise, so each rank computes whole head groups and
 MLP units and one all-reduce per sublayer joins them. The layouts in model/transformer.py are
-grouped per key/value head for exactly this. qk-norm weights live inside the split region, so their
-gradients are partial per rank: `sync_partial_grads` sums them over the tensor-parallel group
+grouped per key/value head for exactly this. qk-norm weights live inside the split region, so
+their gradients are partial per rank: `sync_partial_grads` sums them over the tensor-parallel group
 after backward (an explicit call, not a tensor hook: FSDP2 swaps the parameter objects, and a
 hook on the old ones silently never fires - Adam then hides the halved gradient almost entirely).
 Embeddings, adapters and heads stay replicated on the tensor-parallel ranks.
 
 FSDP2: `fully_shard` per block, then the root, over the data-parallel mesh (HSDP when
-dp_replicate > 1); in bf16 with MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32). With pipeline stages the root is the StageModule the schedule calls.
+dp_replicate > 1); in bf16 with MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32). With
+pipeline stages the root is the StageModule the schedule calls.
 """
 
 from __future__ import annotations
@@ -87,9 +88,9 @@ def apply_fsdp(model: nn.Module, mesh, cfg: ParallelConfig, root: nn.Module, res
     """`mp_policy`: FSDP2's MixedPrecisionPolicy (bf16 compute, fp32 reduce) or None (fp32)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mp = {"mp_policy": mp_policy or MixedPrecisionPolicy()}
+    mp_policy = mp_policy or MixedPrecisionPolicy()  # the default: no casts
     dp_mesh = mesh["dp_replicate", "dp_shard"] if cfg.dp_replicate > 1 else mesh["dp_shard"]
     for block in model.backbone.layers.values():
-        fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard_after_forward, **mp)
+        fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard_after_forward, mp_policy=mp_policy)
     # embeddings, adapters, heads: gathered around root.forward (and kept for backward: torchtitan's choice)
-    fully_shard(root, mesh=dp_mesh, reshard_after_forward=False, **mp)
+    fully_shard(root, mesh=dp_mesh, reshard_after_forward=False, mp_policy=mp_policy)

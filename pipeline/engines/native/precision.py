@@ -13,7 +13,7 @@ stay fp32. What differs is what the forward and backward compute with:
 
 Why not autocast: it casts per op, not per step. On the CPU its RMSNorm got a bf16 input and an
 fp32 weight, which has no fused kernel, and every op on autocast's fp32 list cast activations back
-and forth (1,152 copies in 3 steps of the reference model, 7% of the step). Numerics the model
+and forth (issue 13's profile of the matched model: 1,152 copies in 3 steps, 7% of the step). Numerics the model
 keeps in fp32 on purpose either way: the losses (`.float()` before cross-entropy and MSE), the
 rotary products, the time and position features; RMSNorm and SDPA's softmax accumulate in fp32
 inside their bf16 kernels.
