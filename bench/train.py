@@ -1,4 +1,5 @@
-"""Benchmark: training throughput on 1 vs 2 processes (DP and TP), and the loader against it.
+"""Benchmark: training throughput on 1 vs 2 processes (DP and TP), the loader against it, and the
+step with and without the next batches packed in a background thread (data.prefetch).
 
     make demo                                  (once: it leaves runs/demo/shards/shapes)
     unshare -n sh -c 'ip link set lo up && .venv/bin/python bench/train.py'
@@ -7,7 +8,9 @@ Each layout runs the real `nodd train` (configs/train/shapes.toml, the demo's mo
 `--steps` steps, `--rounds` times, alternating layouts so the machine's drift hits all alike;
 tokens/s is the median of the logged intervals after the first. The loader is timed alone on the
 same shards and settings: packed tokens/s it can produce, against what the fastest layout
-consumes (target: at least 10x, so the loader is never the bottleneck).
+consumes (target: at least 10x, so the loader is never the bottleneck). The layouts marked
+"background packing" run with data.prefetch=2: the next 2 steps' batches are packed in a thread
+while a step computes; the others pack inside the step (data.prefetch's CPU default).
 """
 
 from __future__ import annotations
@@ -26,10 +29,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+PREFETCH = ["data.prefetch=2"]
 LAYOUTS = {
     "1 process": (1, []),
+    "1 process, background packing": (1, PREFETCH),
     "2 processes, FSDP (dp_shard=2)": (2, ["parallel.dp_shard=2"]),
     "2 processes, replicas (dp_replicate=2)": (2, ["parallel.dp_replicate=2", "parallel.dp_shard=1"]),
+    "2 processes, replicas, background packing": (2, ["parallel.dp_replicate=2", "parallel.dp_shard=1",
+                                                      *PREFETCH]),
+    "2 processes, replicas, bf16": (2, ["parallel.dp_replicate=2", "parallel.dp_shard=1", "train.precision=bf16"]),
     "2 processes, TP (tp=2)": (2, ["parallel.tp=2", "parallel.dp_shard=1"]),
     # the same tokens per step as two micro-batches of half the rows through 2 stages (1F1B)
     "2 processes, PP (pp=2, 1F1B)": (2, ["parallel.pp=2", "parallel.dp_shard=1", "optim.grad_accum=2",
@@ -87,12 +95,18 @@ def main() -> None:
                 results[name].append(tokens_per_s)
     print(f"\ntrain benchmark: {os.cpu_count()} cores, configs/train/shapes.toml, {args.steps} steps x {args.rounds} rounds")
     base = statistics.median(results["1 process"])
-    print(f"{'layout':40} {'tokens/s':>10} {'vs 1 process':>13}  {'peak GiB per rank':>18}  runs")
+    print(f"{'layout':44} {'tokens/s':>10} {'vs 1 process':>13}  {'peak GiB per rank':>18}  runs")
     for name, values in results.items():
         median = statistics.median(values)
         peaks = "/".join(f"{m:.2f}" for m in memory[name])  # CPU: the process's peak RSS, runtime included
         runs = ", ".join(f"{v:,.0f}" for v in values)
-        print(f"{name:40} {median:>10,.0f} {median / base:>12.2f}x  {peaks:>18}  {runs}")
+        print(f"{name:44} {median:>10,.0f} {median / base:>12.2f}x  {peaks:>18}  {runs}")
+    for without, with_thread in (("1 process", "1 process, background packing"),
+                                 ("2 processes, replicas (dp_replicate=2)", "2 processes, replicas, background packing")):
+        inside, ahead = (statistics.median(results[k]) for k in (without, with_thread))
+        # the same tokens per step either way, so the step-time ratio is the tokens/s ratio
+        print(f"{without}: step time with background packing / packing in the step: {inside / ahead:.2f}x "
+              f"({ahead:,.0f} against {inside:,.0f} tokens/s)")
     fastest = max(statistics.median(v) for v in results.values())
     print(f"\nloader alone: {loader_tps:,.0f} packed tokens/s (packing efficiency {efficiency:.1%}); "
           f"{loader_tps / fastest:.1f}x what the fastest layout consumes (target >= 10x)")

@@ -36,6 +36,10 @@ class DataConfig:
         seed: seeds shard order, shuffling, task draws, dropout and noise; epoch-dependent.
         lookahead: documents the packer considers per batch (best-fit decreasing over them);
             more packs tighter, and those left over wait for the next batch.
+        prefetch: steps of batches packed ahead in a background thread while a step computes
+            (pipeline/data/prefetch.py); 0 packs inside the step; -1 (auto): 2 on a GPU, 0 on a
+            CPU, where the thread slowed the step (it competes with the step's threads for the
+            cores). Checkpoints record the data consumed either way, so resuming is exact.
     """
 
     shards: str | list[str] = "runs/demo/shards/shapes"
@@ -53,6 +57,7 @@ class DataConfig:
     shuffle_buffer: int = 1024
     seed: int = 0
     lookahead: int = 64
+    prefetch: int = -1
 
     @property
     def shard_dirs(self) -> list[str]:
@@ -69,5 +74,5 @@ class DataConfig:
                               "and not all zero")
         if not 0 <= self.caption_dropout <= 1:
             raise ConfigError(f"data.caption_dropout={self.caption_dropout} must be in [0, 1]")
-        if self.shuffle_buffer < 0 or self.lookahead < 0:
-            raise ConfigError("data.shuffle_buffer and data.lookahead must be >= 0")
+        if self.shuffle_buffer < 0 or self.lookahead < 0 or self.prefetch < -1:
+            raise ConfigError("data.shuffle_buffer and data.lookahead must be >= 0, data.prefetch >= -1 (auto)")

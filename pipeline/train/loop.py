@@ -24,6 +24,7 @@ import torch.distributed as dist
 from core.config import save_resolved
 from core.errors import ConfigError
 from pipeline.data.loader import PackedLoader
+from pipeline.data.prefetch import Prefetcher, prefetch_depth
 from pipeline.distributed import init_distributed
 from pipeline.engines.base import check_layout, get_engine
 from pipeline.export import run_meta
@@ -111,11 +112,25 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     peak = cfg.train.peak_tflops * 1e12 if cfg.train.peak_tflops > 0 else (
         measure_peak_flops(info.device, torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32)
         if info.is_main else 1.0)
+    # from here on only the prefetcher reads the loader (in a thread of its own on GPUs)
+    data = Prefetcher(loader, cfg.optim.grad_accum, prefetch_depth(cfg.data.prefetch, info.device))
+    try:
+        last = _steps(cfg, info, engine, data, ckpt, sink, stop, step, peak,
+                      {"world": info.world, "parallel": layout.__dict__}, export_meta)
+    finally:
+        data.close()
+        sink.close()
+    return last
+
+
+def _steps(cfg, info, engine, data: Prefetcher, ckpt: Checkpointer, sink: MetricsSink, stop: _StopFlag,
+           step: int, peak: float, meta: dict, export_meta) -> dict:
+    """The training loop from `step` to train.steps (or a stop signal); returns the last losses."""
     last = {}
     started, tokens_since, flops_since = time.perf_counter(), 0, 0.0
     while step < cfg.train.steps:
         lr = cfg.optim.lr_at(step, cfg.train.steps)
-        batches = [loader.next_batch().to(info.device) for _ in range(cfg.optim.grad_accum)]
+        batches = [b.to(info.device) for b in data.next_step()]
         seeds = [noise_seed(cfg.train.seed, step, micro, engine.dp_rank) for micro in range(len(batches))]
         result = engine.train_step(batches, seeds, lr)
         for b in batches:
@@ -131,15 +146,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                               "tokens_per_s": round(tokens_since * engine.dp_size / elapsed, 1),
                               "mfu": round(flops_since * engine.dp_size / elapsed / (peak * info.world), 4),
                               **memory_record(info.device),
-                              "packing": round(loader.efficiency, 4), "time": time.time()})
+                              "packing": round(data.efficiency, 4), "time": time.time()})
             started, tokens_since, flops_since = time.perf_counter(), 0, 0.0
         stopping = stop.agreed()
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or stopping:
-            ckpt.save(step, engine, {"loader": loader.state_dict()},
-                      {"world": info.world, "parallel": layout.__dict__,
-                       "epoch": loader.reader.epoch}, export_meta, export=cfg.train.export_weights)
+            ckpt.save(step, engine, {"loader": data.state_dict()},
+                      {**meta, "epoch": data.epoch}, export_meta, export=cfg.train.export_weights)
         if stopping:
             log.warning("signal %d: saved step %d, exiting", stop.signal, step)
             break
-    sink.close()
     return {"step": step, **last}

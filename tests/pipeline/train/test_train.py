@@ -16,12 +16,13 @@ from pipeline.train.loop import train
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path, shards):
+@pytest.mark.parametrize("prefetch", [0, 2])  # packing in the step, or 2 steps ahead in a thread
+def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path, shards, prefetch):
     full = tmp_path / "full"
-    train(config(full, shards["kl"]))
+    train(config(full, shards["kl"]))  # CPU default: packing in the step
     part = tmp_path / "part"
-    train(config(part, shards["kl"], train__steps=3))
-    result = train(config(part, shards["kl"]), resume=True)
+    train(config(part, shards["kl"], train__steps=3, data__prefetch=prefetch))
+    result = train(config(part, shards["kl"], data__prefetch=prefetch), resume=True)
     assert result["step"] == 6
     assert losses(part) == losses(full)
     ckpts = sorted(p.name for p in (part / "checkpoints").iterdir())
