@@ -37,7 +37,7 @@ from model.multimodal import MultimodalModel  # noqa: E402
 from pipeline.engines.native.precision import CastCopies  # noqa: E402
 from pipeline.engines.native.steps import LocalStep  # noqa: E402
 from pipeline.train.cpu_runtime import tune_cpu_runtime  # noqa: E402
-from pipeline.train.metrics import flops_per_token, matmul_params, measure_peak_flops  # noqa: E402
+from pipeline.train.metrics import bf16_pays, flops_per_token, matmul_params  # noqa: E402
 
 WIDTH, DEPTH, HEADS, CAPTION, LATENT, CHANNELS, BATCH = 256, 4, 4, 32, 8, 4, 8
 BOS, EOS = 257, 258
@@ -154,9 +154,7 @@ def main() -> None:
     # process-wide, so it holds for every model timed here, the public one included (as nodd train does)
     runtime = tune_cpu_runtime() if device == "cpu" else []
     torch.manual_seed(0)
-    # bf16 on a CPU only where its matmuls are clearly faster (measured as the trainer measures its MFU peak)
-    bf16_ok = device == "cuda" or (measure_peak_flops(torch.device(device), torch.float32)
-                                   < measure_peak_flops(torch.device(device), torch.bfloat16) * 0.8)
+    bf16_ok = bf16_pays(torch.device(device))  # on a CPU only where its matmuls are clearly faster
     print(f"\ntrain-step benchmark on {device} ({torch.get_num_threads()} threads), width {WIDTH}, depth {DEPTH}, "
           f"{HEADS} heads, batch {BATCH} x ({CAPTION} caption + {LATENT * LATENT} image tokens)")
     if runtime:

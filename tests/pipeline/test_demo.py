@@ -27,6 +27,7 @@ def test_demo_small(tmp_path, local_ray, capsys):
     assert "nodd demo finished" in capsys.readouterr().out
     # then 3 steps on 2 processes, sampling and evaluation with a report
     assert 0.0 <= results["train"]["generation"]["single_object_accuracy"] <= 1.0
+    assert results["train"]["precision"] in ("fp32", "bf16")  # bf16 where this CPU runs it fast
     assert (tmp_path / "demo" / "train" / "report.md").is_file()
     # A second run reuses the tokenizer and finds every shard done.
     again = run_demo(tmp_path / "demo", samples=64, tokenizer_steps=10, train_steps=0, clips=32)
