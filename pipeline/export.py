@@ -41,7 +41,8 @@ def run_meta(cfg) -> dict:
     norm = LatentNorm.from_manifests(manifests) if cfg.data.normalise_latents else None
     return {"export_version": EXPORT_VERSION, "model": asdict(cfg.model), "text_tokenizer": cfg.data.text_tokenizer,
             "image_tokenizer": cfg.data.tokenizer or manifests[0].tokenizer.get("path", ""),
-            "latent_norm": norm.to_dict() if norm else None}
+            "latent_norm": norm.to_dict() if norm else None,
+            "ema_decay": cfg.optim.ema_decay}  # > 0: these weights are that average, not the last step's
 
 
 def write_export(folder: Path, weights: dict[str, torch.Tensor], meta: dict | None, rank: int = 0,

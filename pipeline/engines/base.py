@@ -94,7 +94,8 @@ class Engine(ABC):
 
     @abstractmethod
     def export_state_dict(self) -> dict[str, torch.Tensor]:
-        """Full CPU tensors in MultimodalModel parameter names (every rank calls it). Each
+        """Full CPU tensors in MultimodalModel parameter names (every rank calls it): the weight
+        average when cfg.optim.ema_decay > 0, else the current weights. Each
         returns the names it is responsible for writing, so the union over ranks is the whole
         model and no name appears twice; most ranks return nothing."""
 

@@ -32,7 +32,9 @@ PREFIX = "step-"
 # 2: the engine's name and export/ joined the folder (version 1, native DCP only, still loads)
 # 3: SwiGLU's ffn.w13 became ffn.w1 and ffn.w3 (model/transformer.py). An older payload cannot
 #    be resumed; its export/ (read_export converts it) still samples, evaluates and exports.
-FORMAT_VERSION = 3
+# 4: with optim.ema_decay > 0 the payload holds the weight average and export/ holds the average
+#    (model.json: ema_decay). Format 3 loads; its average restarts from the loaded weights.
+FORMAT_VERSION = 4
 LAST_FUSED_FFN_FORMAT = 2
 EXPORT_DIR = "export"
 

@@ -25,6 +25,9 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0  # max global gradient norm (0 = off)
     grad_accum: int = 1  # micro-batches per optimizer step
+    # > 0: keep an exponential moving average of the weights with this decay (e.g. 0.999); what
+    # sampling, eval and export/ use (pipeline/engines/native/ema.py). 0 = the raw weights.
+    ema_decay: float = 0.0
 
     def lr_at(self, step: int, total: int) -> float:
         """The learning rate at `step` (0-based) of `total` steps."""
@@ -33,6 +36,8 @@ class OptimConfig:
     def validate(self) -> None:
         if self.lr <= 0 or self.grad_accum < 1 or self.warmup_steps < 0 or self.grad_clip < 0:
             raise ConfigError("optim.lr must be > 0, optim.grad_accum >= 1, warmup_steps and grad_clip >= 0")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"optim.ema_decay={self.ema_decay}: use 0 (off) or a decay in (0, 1), e.g. 0.999")
 
 
 @dataclass

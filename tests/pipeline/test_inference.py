@@ -39,7 +39,7 @@ def test_checkpoints_carry_an_engine_neutral_export_and_old_ones_still_load(tmp_
     train(config(run, shards["kl"], train__steps=3))
     checkpoint = run / "checkpoints" / "step-000003"
     meta = json.loads((checkpoint / "meta.json").read_text())
-    assert meta["engine"] == "native" and meta["format_version"] == 3
+    assert meta["engine"] == "native" and meta["format_version"] == 4
     assert (checkpoint / "export" / "model.safetensors").is_file()
     new = sample_images(load_run(run), "a blue square", 1, steps=2, cfg_scale=None, seed=3)
     exported = checkpoint / "export" / "model.json"

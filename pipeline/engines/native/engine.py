@@ -19,6 +19,7 @@ import torch.distributed as dist
 from model.multimodal import MultimodalModel
 from pipeline.distributed import DistInfo
 from pipeline.engines.base import LOSS_PARTS, Engine, StepResult
+from pipeline.engines.native.ema import WeightAverage
 from pipeline.engines.native.materialize import init_plan, materialise, replay_construction_draws
 from pipeline.engines.native.optim import build_optimizer, clip_grad_norm
 from pipeline.engines.native.parallelize import build_mesh, parallelize, sync_partial_grads
@@ -39,6 +40,7 @@ class NativeEngine(Engine):
         self.mesh = build_mesh(self.pcfg, dist_info.device.type) if dist_info.world > 1 else None
         self.model, self.root = self._build_model()
         self.optimizer = build_optimizer(self.model, cfg.optim, distributed=self.mesh is not None)
+        self.average = WeightAverage(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
         # bf16: FSDP2 casts at each all-gather (parallelize); without FSDP, copies cast once a step
         dtype = DTYPES[cfg.train.precision]
         copies = CastCopies(self.root, dtype) if dtype != torch.float32 and self.pcfg.dp == 1 else None
@@ -88,6 +90,8 @@ class NativeEngine(Engine):
                                    self.info.device)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.average is not None:
+            self.average.update()
         return StepResult(self._mean_over_dp(totals), grad_norm)
 
     def _mean_over_dp(self, totals: dict[str, float]) -> dict[str, float]:
@@ -100,17 +104,19 @@ class NativeEngine(Engine):
         return dict(zip(LOSS_PARTS, (t / self.pcfg.dp).cpu().tolist()))
 
     def save(self, folder: Path) -> None:
-        save_state(folder, self.model, self.optimizer)
+        save_state(folder, self.model, self.optimizer, self.average)
 
     def load(self, folder: Path) -> None:
-        load_state(folder, self.model, self.optimizer)
+        load_state(folder, self.model, self.optimizer, self.average)
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
-        """Each stage's parameters, gathered one at a time on its first data- and tensor-parallel
-        rank (which keeps them on the CPU); the other ranks only take part in the gathers."""
+        """Each stage's parameters (their average under optim.ema_decay), gathered one at a time
+        on its first data- and tensor-parallel rank (which keeps them on the CPU); the other
+        ranks only take part in the gathers."""
         keeps = self.mesh is None or (self.mesh["dp"].get_local_rank() == 0 and self.mesh["tp"].get_local_rank() == 0)
         weights = {}
-        for name, param in self.model.named_parameters():
+        named = self.average.named_average().items() if self.average is not None else self.model.named_parameters()
+        for name, param in named:
             full = param.full_tensor() if hasattr(param, "full_tensor") else param
             if keeps:
                 weights[name] = full.detach().to("cpu", copy=True)

@@ -61,7 +61,8 @@ def test_two_processes_fsdp_then_resume(tmp_path, shards):
     run = tmp_path / "dp2"
     base = [sys.executable, "-m", "pipeline.cli", "train", "--nproc", "2", f"run_dir={run}",
             f"data.shards={shards['kl']}", "data.seq_len=256", "data.batch_rows=2", "model.width=32", "model.depth=2",
-            "model.heads=4", "train.log_every=1", "train.checkpoint_every=2"]
+            "model.heads=4", "train.log_every=1", "train.checkpoint_every=2",
+            "optim.ema_decay=0.9"]  # the weight average as FSDP shards, saved and resumed
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run(base + ["train.steps=2"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -71,6 +72,7 @@ def test_two_processes_fsdp_then_resume(tmp_path, shards):
     assert sorted(curve) == [1, 2, 3, 4]
     saved = json.loads((run / "checkpoints" / "step-000004" / "meta.json").read_text())
     assert saved["world"] == 2 and saved["parallel"]["dp_shard"] == 2
+    assert json.loads((run / "checkpoints" / "step-000004" / "export" / "model.json").read_text())["ema_decay"] == 0.9
 
 
 @pytest.mark.slow
@@ -81,7 +83,7 @@ def test_pipeline_stages_match_one_process_then_resume_as_fsdp(tmp_path, shards)
     base = [sys.executable, "-m", "pipeline.cli", "train", "--nproc", "2", f"run_dir={run}",
             f"data.shards={shards['kl']}", "data.seq_len=256", "data.batch_rows=2", "model.width=32", "model.depth=2",
             "model.heads=4", "model.latent_size=8", "model.attention=sdpa", "optim.warmup_steps=2",
-            "optim.grad_accum=2", "train.log_every=1"]
+            "optim.grad_accum=2", "train.log_every=1", "optim.ema_decay=0.9"]  # per stage, resharded to FSDP
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run(base + ["parallel.pp=2", "parallel.dp_shard=1", "train.steps=2"], env=env,
                           capture_output=True, text=True, timeout=300)
