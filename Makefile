@@ -23,7 +23,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	@# A CPU machine takes the local CPU build of torch; a GPU machine lets pip pick its CUDA build.
 	@if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install --quiet "torch==2.13.0"; fi
-	$(PY) -m pip install --quiet -e ".[dev]"
+	@# megatron-core (2.6 MB, pure Python here) so that the megatron engine is tested everywhere
+	$(PY) -m pip install --quiet -e ".[dev,megatron]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -169,8 +169,7 @@ class MultimodalModel(nn.Module):
         if cfg.mode == "discrete":
             ce_kinds["image"] = pb.IMAGE_LOSS
         has_target = batch.targets != pb.IGNORE
-        logits = self.lm_head(h[has_target]).float()  # only where a token is predicted
-        token_ce = F.cross_entropy(logits, batch.targets[has_target], reduction="none")
+        token_ce = self.token_cross_entropy(h[has_target], batch.targets[has_target])  # only where predicted
         kinds = batch.target_kind[has_target]
         zero = h.sum() * 0.0  # keeps the graph (and every engine's gradient hooks) intact
         for name, kind in ce_kinds.items():
@@ -185,6 +184,11 @@ class MultimodalModel(nn.Module):
         text_loss = token_ce[text_sel].mean() if bool(text_sel.any()) else zero
         loss = text_loss + cfg.image_loss_weight * parts["image"] + untouched(self.latent_out, self.mar_head)
         return StepOutput(loss, {k: v.detach() for k, v in parts.items()}, counts)
+
+    def token_cross_entropy(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(N, W) hidden states, (N,) targets -> (N,) fp32 cross-entropy of the LM head's logits
+        (an engine with a vocabulary-parallel head overrides it)."""
+        return F.cross_entropy(self.lm_head(h).float(), targets, reduction="none")
 
     def _flow_loss(self, h, batch, velocity_target, zero):
         if velocity_target is None or not bool(batch.latent_loss.any()):

@@ -14,12 +14,17 @@ from __future__ import annotations
 import torch
 
 
-def rotary_angles(positions: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
-    """(B, T, 3) long positions -> complex64 rotations of shape (B, 1, T, head_dim/2)."""
+def rotary_phases(positions: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
+    """(B, T, 3) long positions -> (B, T, head_dim/2) fp32 angles, pair j turning with axis j % 3."""
     half = head_dim // 2
     inv_freq = theta ** (-torch.arange(half, device=positions.device, dtype=torch.float32) / half)
     axis = torch.arange(half, device=positions.device) % 3
-    angles = positions[..., axis].float() * inv_freq  # (B, T, half)
+    return positions[..., axis].float() * inv_freq
+
+
+def rotary_angles(positions: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
+    """(B, T, 3) long positions -> complex64 rotations of shape (B, 1, T, head_dim/2)."""
+    angles = rotary_phases(positions, head_dim, theta)
     return torch.polar(torch.ones_like(angles), angles).unsqueeze(1)
 
 

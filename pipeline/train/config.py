@@ -9,6 +9,7 @@ from core.errors import ConfigError
 from core.schedule import warmup_cosine
 from model.config import ModelConfig
 from pipeline.data.config import DataConfig
+from pipeline.engines.megatron.config import MegatronConfig
 from pipeline.engines.native.config import NativeConfig
 from pipeline.engines.parallel import ParallelConfig
 
@@ -71,3 +72,4 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
     native: NativeConfig = field(default_factory=NativeConfig)  # read by train.engine="native" only
+    megatron: MegatronConfig = field(default_factory=MegatronConfig)  # read by train.engine="megatron" only

@@ -107,5 +107,5 @@ def worker(rank: int, world: int, engine_name: str, layout: dict, steps: int, mo
     if rank == 0:
         with open(out_path, "w", encoding="utf-8") as f:
             json.dump({"losses": [r.losses["loss"] for r in results], "grad_norms": [r.grad_norm for r in results],
-                       "state_bytes": state_bytes(engine)}, f)
+                       "state_bytes": state_bytes(engine) if engine_name == "native" else None}, f)
     exit_process(0)

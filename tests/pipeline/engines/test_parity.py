@@ -45,10 +45,17 @@ LAYOUTS = {
         ("tp2 x dp2", {"tp": 2, "dp_shard": 2}, 4),
         ("pp2 x dp2", {"pp": 2, "dp_shard": 2}, 4),
     ],
+    "megatron": [  # megatron-core's TransformerBlock, schedules, DDP and distributed optimizer
+        ("1 process", {}, 1),
+        ("tp2", {"tp": 2, "dp_shard": 1}, 2),
+        ("pp2 1f1b", {"pp": 2, "dp_shard": 1}, 2),
+        ("dp2 distributed optimizer", {"dp_shard": 2}, 2),
+        ("tp2 x pp2", {"tp": 2, "pp": 2, "dp_shard": 1}, 4),
+    ],
 }
 ROWS = [pytest.param(engine, *row, marks=pytest.mark.skipif(not installed(engine), reason=f"{engine} not installed"),
                      id=f"{engine}-{row[0]}") for engine, rows in LAYOUTS.items() for row in rows]
-FOUR_PROCESS = {"tp2 x dp2", "pp2 x dp2"}  # one mode each: 4 processes are slow on 2 cores
+FOUR_PROCESS = {"tp2 x dp2", "pp2 x dp2", "tp2 x pp2"}  # one mode each: 4 processes are slow on 2 cores
 
 
 def run_layout(engine, layout, world, mode, tmp_path, model_options=None, precision="fp32") -> dict:
@@ -59,11 +66,13 @@ def run_layout(engine, layout, world, mode, tmp_path, model_options=None, precis
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["transfusion", "mar"])
+@pytest.mark.parametrize("mode", ["transfusion", "mar", "discrete"])
 @pytest.mark.parametrize("engine, name, layout, world", ROWS)
 def test_layout_matches_one_process(engine, name, layout, world, mode, tmp_path):
-    if mode == "mar" and (name in FOUR_PROCESS or name == "pp2 gpipe"):
+    if mode != "transfusion" and (name in FOUR_PROCESS or name == "pp2 gpipe"):
         pytest.skip("covered in transfusion mode; keeps the suite short on 2 cores")
+    if mode == "discrete" and engine == "native":
+        pytest.skip("the native engine's discrete mode is covered by the tied-embedding test below")
     got = run_layout(engine, layout, world, mode, tmp_path)
     expected = reference(layout, world, STEPS, mode)
     assert len(got["losses"]) == STEPS

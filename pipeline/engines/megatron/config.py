@@ -1,0 +1,30 @@
+"""MegatronConfig: the `[megatron]` section, settings only train.engine="megatron" reads
+(standard library only: configs load without megatron-core installed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from core.errors import ConfigError
+
+CoreAttention = Literal["nodd", "local"]
+
+
+@dataclass
+class MegatronConfig:
+    """Fields:
+        core_attention: "nodd" runs nodd's attention (SDPA per document on CPU, flex or flash-attn
+            on GPU) inside megatron's SelfAttention; "local" runs megatron's DotProductAttention on
+            a dense (B, 1, T, T) mask, which materialises every score (short rows only).
+        distributed_optimizer: shard the optimizer state over the data-parallel ranks (megatron's
+            distributed optimizer, ZeRO-1); false keeps a full copy on each.
+    """
+
+    core_attention: CoreAttention = "nodd"
+    distributed_optimizer: bool = True
+
+    def validate(self) -> None:
+        if self.core_attention not in get_args(CoreAttention):
+            raise ConfigError(f"megatron.core_attention must be one of {', '.join(get_args(CoreAttention))}, "
+                              f"got {self.core_attention!r}")

@@ -1,0 +1,205 @@
+"""MegatronEngine (train.engine = "megatron"): nodd's model under megatron-core's tensor and
+pipeline parallelism, its DDP and its distributed optimizer.
+
+Build: megatron's process groups (`initialize_model_parallel(tp, pp)`; the loader shards by
+megatron's data-parallel rank) -> the one-process model's initial weights (the run seed, as the
+native engine draws them) -> this rank's stage (stage.py: nodd's embeddings and heads around a
+megatron TransformerBlock holding the converted weights of its layers and tensor-parallel rank)
+-> megatron DDP (fp32 gradient buffers) -> megatron's optimizer (AdamW, clipping, optionally the
+distributed optimizer). A step: megatron's forward-backward schedule (no pipelining, or 1F1B)
+over the micro-batches, `finalize_model_grads` (data-parallel reduction, tensor-parallel sums of
+the qk-norm gradients, averages of the replicated parts), the optimizer step, and the loss
+breakdown shared from the last stage and averaged over data-parallel ranks.
+
+On a machine without a GPU, cpu_compat.py patches megatron-core's few CUDA calls (logged).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from core.errors import ConfigError
+from model.config import ModelConfig
+from model.multimodal import MultimodalModel
+from pipeline.distributed import DistInfo
+from pipeline.engines.base import LOSS_PARTS, Engine, StepResult
+from pipeline.engines.parallel import ParallelConfig
+from pipeline.train.config import TrainConfig
+from pipeline.train.metrics import matmul_params
+
+
+class MegatronEngine(Engine):
+    name = "megatron"
+
+    @classmethod
+    def check(cls, parallel: ParallelConfig, model: ModelConfig, world: int, microbatches: int) -> ParallelConfig:
+        resolved = super().check(parallel, model, world, microbatches)
+        if resolved.pp > 1 and resolved.pp_schedule != "1f1b":
+            raise ConfigError(f"train.engine=megatron runs megatron-core's 1F1B pipeline schedule; "
+                              f"parallel.pp_schedule={resolved.pp_schedule!r} is the native engine's (use 1f1b)")
+        if resolved.tp > 1 and model.tie_embeddings:
+            raise ConfigError("train.engine=megatron with parallel.tp > 1 splits the LM head by vocabulary rows; "
+                              "set model.tie_embeddings=false")
+        return resolved
+
+    def __init__(self, cfg: TrainConfig, dist_info: DistInfo):
+        from megatron.core import parallel_state
+
+        from pipeline.engines.megatron.cpu_compat import cuda_to_cpu, enable_if_no_gpu
+
+        self.cfg, self.info = cfg, dist_info
+        self.pcfg = self.check(cfg.parallel, cfg.model, dist_info.world, cfg.optim.grad_accum)
+        if cfg.optim.ema_decay > 0:
+            raise ConfigError("optim.ema_decay is not implemented by train.engine=megatron yet; use the native engine")
+        _join_process_group(dist_info)
+        if parallel_state.model_parallel_is_initialized():
+            parallel_state.destroy_model_parallel()
+        parallel_state.initialize_model_parallel(self.pcfg.tp, self.pcfg.pp)
+        enable_if_no_gpu()
+        if dist_info.device.type == "cuda":
+            from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+            model_parallel_cuda_manual_seed(cfg.train.seed)
+        self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
+        self.pp_rank = parallel_state.get_pipeline_model_parallel_rank()
+        with cuda_to_cpu():
+            self.stage, self.model, self._matmul_params = self._build()
+            self.optimizer = self._build_optimizer()
+
+    # ---- build ----------------------------------------------------------------------------------
+    def _build(self):
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+        from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+
+        from pipeline.engines.megatron.backbone import build_block, transformer_config
+        from pipeline.engines.megatron.convert import to_megatron
+        from pipeline.engines.megatron.stage import MegatronStage, StagePart, VocabParallelHead
+        from pipeline.engines.native.pipelining import split_model
+
+        cfg, pcfg = self.cfg, self.pcfg
+        dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+        config = transformer_config(cfg.model, tp=pcfg.tp, pp=pcfg.pp, dtype=dtype)
+        # The one-process model's initial weights (a CPU build under the run seed draws exactly
+        # what the native engine's meta build replays), then this stage's part of them.
+        torch.manual_seed(cfg.train.seed)
+        part = StagePart(cfg.model)
+        part.init_weights()
+        whole = {k: v.detach().clone() for k, v in part.state_dict().items()}
+        params = matmul_params(part)
+        first, last = self.pp_rank == 0, self.pp_rank == pcfg.pp - 1
+        per_stage = cfg.model.depth // pcfg.pp
+        self.first_layer = self.pp_rank * per_stage
+        split_model(part, self.pp_rank, pcfg.pp)
+        part.backbone = None
+        if last and pcfg.tp > 1:
+            head = VocabParallelHead(config, cfg.model.width, cfg.model.vocab_size, self.tp_rank, pcfg.tp)
+            head.load_full(whole["lm_head.weight"])
+            part.lm_head = head
+        block = build_block(config, cfg.model, cfg.megatron.core_attention, pre_process=first, post_process=last)
+        block.load_state_dict(to_megatron(whole, self.first_layer, per_stage, self.tp_rank, pcfg.tp, final_norm=last),
+                              strict=True)
+        stage = MegatronStage(config, part, block, first, last, cfg.megatron.core_attention)
+        stage.to(self.info.device)
+        ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+                                                   use_distributed_optimizer=cfg.megatron.distributed_optimizer)
+        model = DistributedDataParallel(config=config, ddp_config=ddp_config, module=stage)
+        config.finalize_model_grads_func = finalize_model_grads
+        config.no_sync_func = model.no_sync
+        return stage, model, params
+
+    def _build_optimizer(self):
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+        o = self.cfg.optim
+        config = OptimizerConfig(optimizer="adam", lr=o.lr, weight_decay=o.weight_decay, adam_beta1=o.beta1,
+                                 adam_beta2=o.beta2, adam_eps=1e-8, clip_grad=o.grad_clip,
+                                 bf16=self.cfg.train.precision == "bf16", params_dtype=torch.float32,
+                                 use_distributed_optimizer=self.cfg.megatron.distributed_optimizer)
+        return get_megatron_optimizer(config, [self.model])
+
+    # ---- Engine interface -----------------------------------------------------------------------
+    @property
+    def dp_rank(self) -> int:
+        from megatron.core import parallel_state
+
+        return parallel_state.get_data_parallel_rank()
+
+    @property
+    def dp_size(self) -> int:
+        return self.pcfg.dp
+
+    @property
+    def matmul_params(self) -> int:
+        return self._matmul_params
+
+    def train_step(self, micro_batches, seeds, lr) -> StepResult:
+        from megatron.core import parallel_state
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        from pipeline.engines.megatron.cpu_compat import cuda_to_cpu
+
+        # what megatron's OptimizerParamScheduler does each step (the trainer owns the schedule):
+        # without it every group would keep the full weight decay, norms and biases included
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_mult", 1.0)
+            group["weight_decay"] = self.cfg.optim.weight_decay * group.get("wd_mult", 1.0)
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        outputs = []
+
+        def loss_func(out, loss):
+            # read before returning: the schedule divides `loss` by the micro-batch count in place
+            outputs.append({"loss": float(loss.detach()), **{k: float(v) for k, v in out.losses.items()}})
+            return loss, {}
+
+        def forward_step(data_iterator, model):
+            batch, seed = next(data_iterator)
+            out = model(batch, seed)
+            if not self.stage.post_process:
+                return out, None
+            return out.loss, partial(loss_func, out)
+
+        rows, seq_len = micro_batches[0].tokens.shape
+        with cuda_to_cpu():
+            get_forward_backward_func()(forward_step_func=forward_step, data_iterator=iter(list(zip(micro_batches, seeds))),
+                                        model=[self.model], num_microbatches=len(micro_batches), seq_length=seq_len,
+                                        micro_batch_size=rows, forward_only=False)
+            _ok, grad_norm, _ = self.optimizer.step()
+        values = [0.0] * len(LOSS_PARTS)
+        for parts in outputs:  # empty except on the last stage
+            values = [v + parts[k] / len(micro_batches) for v, k in zip(values, LOSS_PARTS)]
+        totals = torch.tensor(values, dtype=torch.float64, device=self.info.device)
+        if self.pcfg.pp > 1:  # the last stage computed them; the others hold zeros
+            dist.all_reduce(totals, group=parallel_state.get_pipeline_model_parallel_group())
+        if self.pcfg.dp > 1:
+            dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
+            totals /= self.pcfg.dp
+        return StepResult(dict(zip(LOSS_PARTS, totals.cpu().tolist())), float(grad_norm or 0.0))
+
+    def save(self, folder: Path) -> None:
+        raise NotImplementedError("checkpoints of the megatron engine are not written yet")
+
+    def load(self, folder: Path) -> None:
+        raise NotImplementedError("checkpoints of the megatron engine are not read yet")
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def eval_model(self) -> MultimodalModel | None:
+        raise NotImplementedError
+
+
+def _join_process_group(info: DistInfo) -> None:
+    """megatron-core needs torch.distributed even in one process: a one-rank group (file store)."""
+    if dist.is_initialized():
+        return
+    if info.world > 1:
+        raise RuntimeError("init_distributed should have joined the process group")
+    store = Path(tempfile.mkdtemp(prefix="nodd-megatron-")) / "store"
+    dist.init_process_group("nccl" if info.device.type == "cuda" else "gloo", init_method=f"file://{store}",
+                            rank=0, world_size=1)
