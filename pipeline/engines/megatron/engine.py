@@ -181,17 +181,64 @@ class MegatronEngine(Engine):
             totals /= self.pcfg.dp
         return StepResult(dict(zip(LOSS_PARTS, totals.cpu().tolist())), float(grad_norm or 0.0))
 
+    def _layout(self) -> dict:
+        return {"world": self.info.world, "tp": self.pcfg.tp, "pp": self.pcfg.pp, "dp": self.pcfg.dp,
+                "distributed_optimizer": self.cfg.megatron.distributed_optimizer}
+
     def save(self, folder: Path) -> None:
-        raise NotImplementedError("checkpoints of the megatron engine are not written yet")
+        from pipeline.engines.megatron.cpu_compat import cuda_to_cpu
+        from pipeline.engines.megatron.state import save_state
+
+        with cuda_to_cpu():
+            save_state(folder, self.info.rank, self.stage, self.optimizer, self._layout())
 
     def load(self, folder: Path) -> None:
-        raise NotImplementedError("checkpoints of the megatron engine are not read yet")
+        from pipeline.engines.megatron.cpu_compat import cuda_to_cpu
+        from pipeline.engines.megatron.state import load_state
+
+        with cuda_to_cpu():
+            load_state(folder, self.info.rank, self.stage, self.optimizer, self._layout())
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Whole tensors in MultimodalModel names: the tensor-parallel shards of this stage's
+        layers (and LM head) gathered, kept by the stage's first data- and tensor-parallel rank."""
+        from megatron.core import parallel_state
+
+        from pipeline.engines.megatron.convert import from_megatron
+        from pipeline.engines.megatron.stage import VocabParallelHead
+
+        tp_group = parallel_state.get_tensor_model_parallel_group()
+        keeps = parallel_state.get_data_parallel_rank() == 0 and self.tp_rank == 0
+
+        def gathered(t: torch.Tensor) -> list[torch.Tensor]:
+            if self.pcfg.tp == 1:
+                return [t.detach()]
+            parts = [torch.empty_like(t) for _ in range(self.pcfg.tp)]
+            dist.all_gather(parts, t.detach().contiguous(), group=tp_group)
+            return parts
+
+        part = self.stage.part
+        weights = {name: p.detach() for name, p in part.named_parameters() if not name.startswith("lm_head.")}
+        if isinstance(part.lm_head, VocabParallelHead):
+            weights["lm_head.weight"] = torch.cat(gathered(part.lm_head.linear.weight))[:part.lm_head.vocab]
+        elif part.lm_head is not None and not self.cfg.model.tie_embeddings:
+            weights["lm_head.weight"] = part.lm_head.weight.detach()
+        block = {name: gathered(p) for name, p in self.stage.decoder.named_parameters()}
+        shards = [{name: parts[r] for name, parts in block.items()} for r in range(self.pcfg.tp)]
+        weights.update(from_megatron(shards, self.first_layer, final_norm=self.stage.post_process))
+        return {k: v.to("cpu", copy=True) for k, v in weights.items()} if keeps else {}
 
     def eval_model(self) -> MultimodalModel | None:
-        raise NotImplementedError
+        weights = self.export_state_dict()
+        if self.pcfg.pp > 1:  # the other stages' weights come to rank 0
+            gathered = [None] * self.info.world if self.info.is_main else None
+            dist.gather_object(weights, gathered, dst=0)
+            weights = {k: v for part in gathered or [] for k, v in part.items()}
+        if not self.info.is_main:
+            return None
+        from pipeline.export import model_from_weights
+
+        return model_from_weights(self.cfg.model, weights, self.info.device)
 
 
 def _join_process_group(info: DistInfo) -> None:
