@@ -1,8 +1,10 @@
-"""Benchmark: training throughput on 1 vs 2 processes (DP and TP), the loader against it, and the
-step with and without the next batches packed in a background thread (data.prefetch).
+"""Benchmark: training throughput on 1 vs 2 processes (DP and TP), the loader against it, the
+step with and without the next batches packed in a background thread (data.prefetch), and the
+megatron engine against the native engine at the same layouts.
 
     make demo                                  (once: it leaves runs/demo/shards/shapes)
     unshare -n sh -c 'ip link set lo up && .venv/bin/python bench/train.py'
+    ... bench/train.py --megatron-only         (the megatron rows and their native counterparts)
 
 Each layout runs the real `nodd train` (configs/train/shapes.toml, the demo's model) for
 `--steps` steps, `--rounds` times, alternating layouts so the machine's drift hits all alike;
@@ -10,7 +12,9 @@ tokens/s is the median of the logged intervals after the first. The loader is ti
 same shards and settings: packed tokens/s it can produce, against what the fastest layout
 consumes (target: at least 10x, so the loader is never the bottleneck). The layouts marked
 "background packing" run with data.prefetch=2: the next 2 steps' batches are packed in a thread
-while a step computes; the others pack inside the step (data.prefetch's CPU default).
+while a step computes; the others pack inside the step (data.prefetch's CPU default). The
+"megatron" rows run train.engine=megatron (target on CPU: >= 0.8x the native engine's tokens/s at
+the same layout: the same math on the same cores).
 """
 
 from __future__ import annotations
@@ -43,6 +47,22 @@ LAYOUTS = {
     "2 processes, PP (pp=2, 1F1B)": (2, ["parallel.pp=2", "parallel.dp_shard=1", "optim.grad_accum=2",
                                          "data.batch_rows=4"]),
 }
+
+
+MEGATRON = ["train.engine=megatron"]
+# megatron row -> the native row of the same layout
+COUNTERPARTS = {
+    "megatron, 1 process": "1 process",
+    "megatron, 2 processes, DP (distributed optimizer)": "2 processes, replicas (dp_replicate=2)",
+    "megatron, 2 processes, TP (tp=2)": "2 processes, TP (tp=2)",
+    "megatron, 2 processes, PP (pp=2, 1F1B)": "2 processes, PP (pp=2, 1F1B)",
+}
+LAYOUTS.update({
+    "megatron, 1 process": (1, MEGATRON),
+    "megatron, 2 processes, DP (distributed optimizer)": (2, ["parallel.dp_shard=2", *MEGATRON]),
+    "megatron, 2 processes, TP (tp=2)": (2, [*LAYOUTS["2 processes, TP (tp=2)"][1], *MEGATRON]),
+    "megatron, 2 processes, PP (pp=2, 1F1B)": (2, [*LAYOUTS["2 processes, PP (pp=2, 1F1B)"][1], *MEGATRON]),
+})
 
 
 def run_layout(nproc: int, extra: list[str], shards: str, steps: int, workdir: Path) -> tuple[float, list[float]]:
@@ -82,15 +102,20 @@ def main() -> None:
     parser.add_argument("--shards", default=str(ROOT / "runs/demo/shards/shapes"))
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--megatron-only", action="store_true",
+                        help="only the megatron rows and the native rows they are compared with")
     args = parser.parse_args()
+    layouts = LAYOUTS
+    if args.megatron_only:
+        layouts = {k: v for k, v in LAYOUTS.items() if k in COUNTERPARTS or k in COUNTERPARTS.values()}
     if not (Path(args.shards) / "manifest.json").is_file():
         raise SystemExit(f"no shards at {args.shards}: run `make demo` first (or pass --shards)")
     loader_tps, efficiency = loader_tokens_per_s(args.shards, 200)
-    results: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+    results: dict[str, list[float]] = {name: [] for name in layouts}
     memory: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
-            for name, (nproc, extra) in LAYOUTS.items():
+            for name, (nproc, extra) in layouts.items():
                 tokens_per_s, memory[name] = run_layout(nproc, extra, args.shards, args.steps, Path(tmp))
                 results[name].append(tokens_per_s)
     print(f"\ntrain benchmark: {os.cpu_count()} cores, configs/train/shapes.toml, {args.steps} steps x {args.rounds} rounds")
@@ -101,8 +126,13 @@ def main() -> None:
         peaks = "/".join(f"{m:.2f}" for m in memory[name])  # CPU: the process's peak RSS, runtime included
         runs = ", ".join(f"{v:,.0f}" for v in values)
         print(f"{name:44} {median:>10,.0f} {median / base:>12.2f}x  {peaks:>18}  {runs}")
+    for megatron, native in COUNTERPARTS.items():
+        ratio = statistics.median(results[megatron]) / statistics.median(results[native])
+        print(f"{megatron}: {ratio:.2f}x the native engine's {native} (target >= 0.8x)")
     for without, with_thread in (("1 process", "1 process, background packing"),
                                  ("2 processes, replicas (dp_replicate=2)", "2 processes, replicas, background packing")):
+        if with_thread not in results:
+            continue
         inside, ahead = (statistics.median(results[k]) for k in (without, with_thread))
         # the same tokens per step either way, so the step-time ratio is the tokens/s ratio
         print(f"{without}: step time with background packing / packing in the step: {inside / ahead:.2f}x "

@@ -144,3 +144,28 @@ def model_from_weights(cfg: ModelConfig, weights: dict[str, torch.Tensor], devic
         raise DataError(f"the exported weights do not fit the model config (missing {missing[:3]}, unexpected "
                         f"{unexpected[:3]}); export the run again with `nodd export RUN`")
     return model
+
+
+def weights_to_start_from(path: str | Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """train.init_from: the weights of an export folder, a checkpoint or a run directory (its
+    newest checkpoint), checked against the model `cfg` a new run builds; any engine wrote them."""
+    weights, _ = read_export(_export_folder(Path(path)))
+    try:
+        model_from_weights(cfg, weights)  # the same names and shapes, or a DataError naming them
+    except (RuntimeError, DataError) as exc:
+        raise DataError(f"train.init_from={path}: its weights do not fit this run's model config ({exc})") from None
+    return weights
+
+
+def _export_folder(path: Path) -> Path:
+    """An export folder itself, a checkpoint's export/, or a run directory's newest one."""
+    if is_export(path):
+        return path
+    if is_export(path / "export"):
+        return path / "export"
+    finished = sorted(p for p in (path / "checkpoints").glob("step-*")
+                      if not p.name.endswith(".tmp") and is_export(p / "export"))  # .tmp: a save in progress
+    if finished:
+        return finished[-1] / "export"
+    raise DataError(f"train.init_from={path}: no export there (an export folder, a checkpoint with export/ or a run "
+                    "directory); write one with `nodd export RUN`")

@@ -58,6 +58,11 @@ class Engine(ABC):
         resolved.check_model(model, microbatches)
         return resolved
 
+    @classmethod
+    def check_settings(cls, cfg: TrainConfig) -> None:
+        """A ConfigError for train settings this engine does not run (precision, compile, ...),
+        checked with the layout before any process starts."""
+
     @abstractmethod
     def __init__(self, cfg: TrainConfig, dist: DistInfo):
         """Build this rank's part of the parallel model (every layout starting from the weights
@@ -136,7 +141,9 @@ def get_engine(name: str) -> type[Engine]:
 
 def check_layout(cfg: TrainConfig, world: int) -> ParallelConfig:
     """cfg's parallel layout for `world` processes under its engine, resolved and checked."""
-    return get_engine(cfg.train.engine).check(cfg.parallel, cfg.model, world, cfg.optim.grad_accum)
+    engine = get_engine(cfg.train.engine)
+    engine.check_settings(cfg)
+    return engine.check(cfg.parallel, cfg.model, world, cfg.optim.grad_accum)
 
 
 def _importable(module: str) -> bool:

@@ -56,6 +56,9 @@ class LoopConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False  # torch.compile each block
     activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
+    # an export/, a checkpoint or a run dir: a new run starts from its weights (fresh optimizer and
+    # data, step 0), whichever engine and layout wrote them. --resume takes precedence.
+    init_from: str = ""
     peak_tflops: float = 0.0  # MFU denominator per device; 0 = measure a matmul at start (see train/metrics.py)
 
     def validate(self) -> None:

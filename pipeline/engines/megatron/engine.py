@@ -29,6 +29,7 @@ from model.multimodal import MultimodalModel
 from pipeline.distributed import DistInfo
 from pipeline.engines.base import LOSS_PARTS, Engine, StepResult
 from pipeline.engines.parallel import ParallelConfig
+from pipeline.export import weights_to_start_from
 from pipeline.train.config import TrainConfig
 from pipeline.train.metrics import matmul_params
 
@@ -47,15 +48,25 @@ class MegatronEngine(Engine):
                               "set model.tie_embeddings=false")
         return resolved
 
+    @classmethod
+    def check_settings(cls, cfg: TrainConfig) -> None:
+        # Not built yet, refused rather than silently ignored (docs/engines.md, "What is missing")
+        missing = {"train.precision=bf16": cfg.train.precision == "bf16", "optim.ema_decay": cfg.optim.ema_decay > 0,
+                   "train.activation_checkpointing": cfg.train.activation_checkpointing,
+                   "train.compile": cfg.train.compile}
+        for setting, used in missing.items():
+            if used:
+                raise ConfigError(f"{setting} is not implemented by train.engine=megatron yet; leave it at its "
+                                  "default or use train.engine=native")
+
     def __init__(self, cfg: TrainConfig, dist_info: DistInfo):
         from megatron.core import parallel_state
 
         from pipeline.engines.megatron.cpu_compat import cuda_to_cpu, enable_if_no_gpu
 
         self.cfg, self.info = cfg, dist_info
+        self.check_settings(cfg)
         self.pcfg = self.check(cfg.parallel, cfg.model, dist_info.world, cfg.optim.grad_accum)
-        if cfg.optim.ema_decay > 0:
-            raise ConfigError("optim.ema_decay is not implemented by train.engine=megatron yet; use the native engine")
         _join_process_group(dist_info)
         if parallel_state.model_parallel_is_initialized():
             parallel_state.destroy_model_parallel()
@@ -82,13 +93,14 @@ class MegatronEngine(Engine):
         from pipeline.engines.native.pipelining import split_model
 
         cfg, pcfg = self.cfg, self.pcfg
-        dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
-        config = transformer_config(cfg.model, tp=pcfg.tp, pp=pcfg.pp, dtype=dtype)
+        config = transformer_config(cfg.model, tp=pcfg.tp, pp=pcfg.pp)  # fp32 (check_settings)
         # The one-process model's initial weights (a CPU build under the run seed draws exactly
         # what the native engine's meta build replays), then this stage's part of them.
         torch.manual_seed(cfg.train.seed)
         part = StagePart(cfg.model)
         part.init_weights()
+        if cfg.train.init_from:
+            part.load_state_dict(weights_to_start_from(cfg.train.init_from, cfg.model))
         whole = {k: v.detach().clone() for k, v in part.state_dict().items()}
         params = matmul_params(part)
         first, last = self.pp_rank == 0, self.pp_rank == pcfg.pp - 1
@@ -117,8 +129,7 @@ class MegatronEngine(Engine):
 
         o = self.cfg.optim
         config = OptimizerConfig(optimizer="adam", lr=o.lr, weight_decay=o.weight_decay, adam_beta1=o.beta1,
-                                 adam_beta2=o.beta2, adam_eps=1e-8, clip_grad=o.grad_clip,
-                                 bf16=self.cfg.train.precision == "bf16", params_dtype=torch.float32,
+                                 adam_beta2=o.beta2, adam_eps=1e-8, clip_grad=o.grad_clip, params_dtype=torch.float32,
                                  use_distributed_optimizer=self.cfg.megatron.distributed_optimizer)
         return get_megatron_optimizer(config, [self.model])
 

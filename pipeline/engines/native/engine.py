@@ -27,6 +27,7 @@ from pipeline.engines.native.pipelining import PipelineStep, build_stage
 from pipeline.engines.native.precision import DTYPES, CastCopies
 from pipeline.engines.native.state import load_state, save_state
 from pipeline.engines.native.steps import LocalStep
+from pipeline.export import weights_to_start_from
 from pipeline.train.config import TrainConfig
 from pipeline.train.metrics import matmul_params
 
@@ -64,7 +65,8 @@ class NativeEngine(Engine):
         parallelize(model, self.mesh, self.pcfg, root=root, activation_checkpointing=cfg.train.activation_checkpointing,
                     compile_blocks=cfg.train.compile, reshard_after_forward=cfg.native.reshard_after_forward,
                     precision=cfg.train.precision)
-        materialise(model, plan, self.info.device)
+        start_from = weights_to_start_from(cfg.train.init_from, cfg.model) if cfg.train.init_from else None
+        materialise(model, plan, self.info.device, start_from)
         return model, root
 
     @property

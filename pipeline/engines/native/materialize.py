@@ -51,17 +51,21 @@ def replay_construction_draws(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def materialise(model: MultimodalModel, plan: list[PlannedParameter], device: torch.device) -> None:
+def materialise(model: MultimodalModel, plan: list[PlannedParameter], device: torch.device,
+                start_from: dict[str, torch.Tensor] | None = None) -> None:
     """Allocate `model`'s (possibly sharded, possibly pruned) parameters on `device` and fill
-    them with their part of the plan's full values."""
+    them with their part of the plan's full values (or of `start_from`'s: train.init_from)."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     model.to_empty(device=device)
     model.tie_weights()
     params = dict(model.named_parameters())
     for planned in plan:
-        full = torch.empty(planned.shape, dtype=planned.dtype)  # CPU: the generator one process draws from
-        planned.init(full)
+        if start_from is not None:
+            full = start_from[planned.name].to(planned.dtype)
+        else:
+            full = torch.empty(planned.shape, dtype=planned.dtype)  # CPU: the generator one process draws from
+            planned.init(full)
         param = params.get(planned.name)
         if param is None:
             continue  # another pipeline stage's parameter: drawn only to keep the stream in step

@@ -1,0 +1,43 @@
+"""train.engine=megatron refuses what it cannot run before any process starts, in one line."""
+
+import dataclasses
+
+import pytest
+from support.parity import tiny_cfg, train_config
+
+from core.errors import ConfigError
+from pipeline.engines.base import check_layout
+
+
+def megatron(layout=None, **train):
+    cfg = train_config("transfusion", layout or {}, "megatron")
+    for key, value in train.items():
+        section, name = key.split("__")
+        setattr(getattr(cfg, section), name, value)
+    return cfg
+
+
+@pytest.mark.parametrize("layout, world, message", [
+    ({"tp": 4, "dp_shard": 1}, 4, "head groups"),  # 2 kv heads
+    ({"pp": 3, "dp_shard": 1}, 3, "model.depth"),
+    ({"pp": 2, "dp_shard": 1, "pp_schedule": "gpipe"}, 2, "1F1B"),
+])
+def test_layouts_it_cannot_run_are_refused(layout, world, message):
+    with pytest.raises(ConfigError, match=message):
+        check_layout(megatron(layout), world)
+
+
+def test_settings_it_does_not_implement_are_refused_not_ignored():
+    for setting, key, value in [("bf16", "train__precision", "bf16"), ("ema_decay", "optim__ema_decay", 0.99),
+                                ("activation_checkpointing", "train__activation_checkpointing", True),
+                                ("compile", "train__compile", True)]:
+        with pytest.raises(ConfigError, match=setting):
+            check_layout(megatron(**{key: value}), 1)
+
+
+def test_a_tied_head_cannot_be_split_by_vocabulary():
+    cfg = megatron({"tp": 2, "dp_shard": 1})
+    cfg.model = dataclasses.replace(tiny_cfg(), tie_embeddings=True)
+    with pytest.raises(ConfigError, match="tie_embeddings"):
+        check_layout(cfg, 2)
+    check_layout(megatron({"tp": 2, "dp_shard": 1}), 2)  # an odd vocabulary is fine: the head pads it
