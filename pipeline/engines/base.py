@@ -66,7 +66,9 @@ class Engine(ABC):
     @abstractmethod
     def __init__(self, cfg: TrainConfig, dist: DistInfo):
         """Build this rank's part of the parallel model (every layout starting from the weights
-        of a one-process run) and its optimizer."""
+        of a one-process run, or from train.init_from) and its optimizer. Sets `self.cfg`,
+        `self.info` (the DistInfo), `self.pcfg` (the resolved layout) and `self._matmul_params`,
+        which the shared properties and eval_model below read."""
 
     @property
     @abstractmethod
@@ -74,14 +76,14 @@ class Engine(ABC):
         """This rank's data-parallel index: which shard of the data its loader reads."""
 
     @property
-    @abstractmethod
     def dp_size(self) -> int:
         """Data-parallel ranks (model replicas or shards that read different data)."""
+        return self.pcfg.dp
 
     @property
-    @abstractmethod
     def matmul_params(self) -> int:
         """Parameters of the whole model that take part in a matmul per token (for MFU)."""
+        return self._matmul_params
 
     @abstractmethod
     def train_step(self, micro_batches: list[PackedBatch], seeds: list[int], lr: float) -> StepResult:
@@ -104,10 +106,21 @@ class Engine(ABC):
         returns the names it is responsible for writing, so the union over ranks is the whole
         model and no name appears twice; most ranks return nothing."""
 
-    @abstractmethod
     def eval_model(self) -> MultimodalModel | None:
         """A plain one-device MultimodalModel holding the current weights on rank 0 (None on
         other ranks), for sampling during a run. Every rank calls it."""
+        import torch.distributed as dist
+
+        weights = self.export_state_dict()
+        if self.pcfg.pp > 1:  # the other stages' weights come to rank 0
+            gathered = [None] * self.info.world if self.info.is_main else None
+            dist.gather_object(weights, gathered, dst=0)
+            weights = {k: v for part in gathered or [] for k, v in part.items()}
+        if not self.info.is_main:
+            return None
+        from pipeline.export import model_from_weights
+
+        return model_from_weights(self.cfg.model, weights, self.info.device)
 
 
 @dataclass(frozen=True)

@@ -101,3 +101,14 @@ def test_prep_job_runs_against_a_ray_cluster_inside_the_allocation(slurm_env, ti
     assert status.state == "COMPLETED", status
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["num_samples"] == 64
+
+
+def test_a_megatron_tensor_parallel_job_trains_through_submit(slurm_env, shards, tmp_path):
+    spec = write_train_job(tmp_path, shards["kl"], "megatron", steps=4,
+                           overrides=["train.engine=megatron", "parallel.tp=2", "parallel.dp_shard=1"])
+    job = submit(spec)
+    status = wait_for(job, 300)
+    run = tmp_path / "megatron"
+    assert status.state == "COMPLETED", diagnose(slurm_env, job.split("-")[1], status, run)
+    meta = json.loads((run / "checkpoints" / "step-000004" / "meta.json").read_text())
+    assert meta["engine"] == "megatron" and meta["parallel"]["tp"] == 2 and logged_steps(run) == 4

@@ -4,20 +4,26 @@ attention and the rotary angles.
 The block is megatron-core's own (local layer spec: ColumnParallelLinear / RowParallelLinear,
 SelfAttention with grouped query heads and qk-norm, a SwiGLU MLP, torch RMSNorm), built so that it
 computes what model/transformer.py computes: no biases, no dropout, RMSNorm with nodd's epsilon,
-interleaved rotary pairs. Two things are set on purpose:
+interleaved rotary pairs. Three things are set on purpose:
 
 - The mask type is `arbitrary`. The GPT spec says `causal`, and with the fused softmax (bf16 on
   CUDA) that path ignores a given mask, which would silently turn transfusion's bidirectional
   image spans causal.
-- The core attention. `"nodd"` (default): `NoddCoreAttention` runs model/attention.py's `attend`
-  (SDPA per document on CPU, flex or flash-attn varlen on GPU) on the `AttentionContext` that
-  rides in megatron's `attention_mask` argument, which SelfAttention hands through unread (NeMo's
-  DiT passes its own data the same way). `"local"`: megatron's DotProductAttention on the dense
-  mask (True = masked, the inverse of nodd's); it materialises (B, heads, T, T) scores, fine for
-  tests and short rows, not for long image sequences.
+- The core attention. `"nodd"` (default): `NoddCoreAttention` rotates queries and keys with
+  nodd's complex multiply and runs model/attention.py's `attend` (SDPA per document on CPU, flex
+  or flash-attn varlen on GPU) on the `AttentionContext` that rides in megatron's
+  `attention_mask` argument, which SelfAttention hands through unread (NeMo's DiT passes its own
+  data the same way). `"local"`: megatron's rotary and DotProductAttention on the dense mask
+  (True = masked, the inverse of nodd's); it materialises (B, heads, T, T) scores, fine for tests
+  and short rows, not for long image sequences.
+- The SwiGLU: pipeline/engines/megatron/swiglu.py's module, whose backward does not concatenate.
 
-nodd's 3-axis rotary angles become megatron's rotary embedding: (T, B, 1, head_dim) angles with
-each pair's angle repeated (`rotary_interleaved`), per row, since every row has its own positions.
+For `"local"`, nodd's 3-axis rotary angles become megatron's rotary embedding: (T, B, 1, head_dim)
+angles with each pair's angle repeated (`rotary_interleaved`), per row, since every row has its
+own positions. `"nodd"` skips megatron's rotary (rotary_pos_emb=None; qk-norm still comes first,
+as in SelfAttention): its rotate-half form recomputes cos and sin per layer and concatenates
+twice per tensor (with the MLP's chunk backward, `aten::cat` was 15% of the one-process CPU step's
+op time).
 """
 
 from __future__ import annotations
@@ -37,8 +43,9 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from model.attention import AttentionContext, attend
 from model.config import ModelConfig
 from model.masks import dense_mask
-from model.rope import rotary_phases
+from model.rope import apply_rotary, rotary_phases
 from pipeline.engines.megatron.config import CoreAttention
+from pipeline.engines.megatron.swiglu import SwiGLU
 
 def transformer_config(model: ModelConfig, *, tp: int = 1, pp: int = 1, dtype: torch.dtype = torch.float32,
                        **overrides) -> TransformerConfig:
@@ -55,14 +62,16 @@ def transformer_config(model: ModelConfig, *, tp: int = 1, pp: int = 1, dtype: t
         use_cpu_initialization=True, perform_initialization=False, apply_rope_fusion=False,
         masked_softmax_fusion=False, bias_activation_fusion=False, bias_dropout_fusion=False,
         gradient_accumulation_fusion=False, persist_layer_norm=False,
+        use_te_activation_func=True,  # builds layer_spec's SwiGLU module (no TE needed; see swiglu.py)
     )
     settings.update(overrides)
     return TransformerConfig(**settings)
 
 
 class NoddCoreAttention(MegatronModule):
-    """megatron's core-attention slot filled with nodd's `attend`: (T, B, heads, d) queries and
-    (T, B, kv_heads, d) keys/values of this tensor-parallel rank -> (T, B, heads * d)."""
+    """megatron's core-attention slot filled with nodd's rotary and `attend`: (T, B, heads, d)
+    queries and (T, B, kv_heads, d) keys/values of this tensor-parallel rank, not yet rotated ->
+    (T, B, heads * d)."""
 
     def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type: AttnMaskType,
                  attention_type: str, attention_dropout: float | None = None, softmax_scale: float | None = None,
@@ -75,7 +84,10 @@ class NoddCoreAttention(MegatronModule):
                 attention_bias=None, packed_seq_params=None):
         if not isinstance(attention_mask, AttentionContext) or packed_seq_params is not None:
             raise TypeError("NoddCoreAttention expects nodd's AttentionContext as the attention mask")
-        q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))  # (B, heads, T, d)
+        # (B, heads, T, d) laid out (B, T, heads, d), as model/transformer.py hands them: on
+        # megatron's (T, B) layout attend's per-document gathers and their backward ran slower
+        q, k, v = (x.transpose(0, 1).contiguous().transpose(1, 2) for x in (query, key, value))
+        q, k = apply_rotary(q, attention_mask.rotation), apply_rotary(k, attention_mask.rotation)
         out = attend(q, k, v, attention_mask)
         return out.permute(2, 0, 1, 3).flatten(2)
 
@@ -86,6 +98,7 @@ def layer_spec(model: ModelConfig, core_attention: CoreAttention) -> ModuleSpec:
     attention.params = {**attention.params, "attn_mask_type": AttnMaskType.arbitrary}
     if core_attention == "nodd":
         attention.submodules.core_attention = NoddCoreAttention
+    spec.submodules.mlp.submodules.activation_func = SwiGLU
     return spec
 
 
@@ -114,9 +127,13 @@ def mark_tensor_parallel(module: torch.nn.Module) -> None:
             set_tensor_model_parallel_attributes(m.weight, True, 0 if isinstance(m, ColumnParallelLinear) else 1, 1)
 
 
-def rotary_freqs(positions: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
+def rotary_freqs(positions: torch.Tensor, head_dim: int, theta: float,
+                 core_attention: CoreAttention) -> torch.Tensor | None:
     """(B, T, 3) positions -> (T, B, 1, head_dim) fp32 angles: model/rope.py's frequency j turns
-    with axis j % 3, and megatron's interleaved rotation pairs channels (2j, 2j+1)."""
+    with axis j % 3, and megatron's interleaved rotation pairs channels (2j, 2j+1). None for
+    NoddCoreAttention, which rotates with the context's own factors."""
+    if core_attention == "nodd":
+        return None
     angles = rotary_phases(positions, head_dim, theta)  # (B, T, head_dim/2)
     return angles.repeat_interleave(2, dim=-1).transpose(0, 1).unsqueeze(2)
 

@@ -18,7 +18,8 @@ class MegatronConfig:
             on GPU) inside megatron's SelfAttention; "local" runs megatron's DotProductAttention on
             a dense (B, 1, T, T) mask, which materialises every score (short rows only).
         distributed_optimizer: shard the optimizer state over the data-parallel ranks (megatron's
-            distributed optimizer, ZeRO-1); false keeps a full copy on each.
+            distributed optimizer, ZeRO-1); false keeps a full copy on each. With one
+            data-parallel rank it has nothing to shard and the plain optimizer runs.
     """
 
     core_attention: CoreAttention = "nodd"

@@ -25,7 +25,6 @@ import torch.distributed as dist
 
 from core.errors import ConfigError
 from model.config import ModelConfig
-from model.multimodal import MultimodalModel
 from pipeline.distributed import DistInfo
 from pipeline.engines.base import LOSS_PARTS, Engine, StepResult
 from pipeline.engines.parallel import ParallelConfig
@@ -76,6 +75,12 @@ class MegatronEngine(Engine):
             from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
             model_parallel_cuda_manual_seed(cfg.train.seed)
+        # With one data-parallel rank there is nothing to shard, and the distributed optimizer's
+        # per-step parameter all-gather (a copy through a gloo worker thread) makes libgomp
+        # start a second thread team; with more OpenMP threads than cores it stops spinning
+        # between parallel regions, and every later op of the process ran slower (one process,
+        # 2 cores: 163 against 136 ms a step; docs/engines.md, "CPU pitfalls").
+        self.distributed_optimizer = cfg.megatron.distributed_optimizer and self.pcfg.dp > 1
         self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
         self.pp_rank = parallel_state.get_pipeline_model_parallel_rank()
         with cuda_to_cpu():
@@ -118,7 +123,7 @@ class MegatronEngine(Engine):
         stage = MegatronStage(config, part, block, first, last, cfg.megatron.core_attention)
         stage.to(self.info.device)
         ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-                                                   use_distributed_optimizer=cfg.megatron.distributed_optimizer)
+                                                   use_distributed_optimizer=self.distributed_optimizer)
         model = DistributedDataParallel(config=config, ddp_config=ddp_config, module=stage)
         config.finalize_model_grads_func = finalize_model_grads
         config.no_sync_func = model.no_sync
@@ -130,7 +135,7 @@ class MegatronEngine(Engine):
         o = self.cfg.optim
         config = OptimizerConfig(optimizer="adam", lr=o.lr, weight_decay=o.weight_decay, adam_beta1=o.beta1,
                                  adam_beta2=o.beta2, adam_eps=1e-8, clip_grad=o.grad_clip, params_dtype=torch.float32,
-                                 use_distributed_optimizer=self.cfg.megatron.distributed_optimizer)
+                                 use_distributed_optimizer=self.distributed_optimizer)
         return get_megatron_optimizer(config, [self.model])
 
     # ---- Engine interface -----------------------------------------------------------------------
@@ -139,14 +144,6 @@ class MegatronEngine(Engine):
         from megatron.core import parallel_state
 
         return parallel_state.get_data_parallel_rank()
-
-    @property
-    def dp_size(self) -> int:
-        return self.pcfg.dp
-
-    @property
-    def matmul_params(self) -> int:
-        return self._matmul_params
 
     def train_step(self, micro_batches, seeds, lr) -> StepResult:
         from megatron.core import parallel_state
@@ -194,7 +191,7 @@ class MegatronEngine(Engine):
 
     def _layout(self) -> dict:
         return {"world": self.info.world, "tp": self.pcfg.tp, "pp": self.pcfg.pp, "dp": self.pcfg.dp,
-                "distributed_optimizer": self.cfg.megatron.distributed_optimizer}
+                "distributed_optimizer": self.distributed_optimizer}
 
     def save(self, folder: Path) -> None:
         from pipeline.engines.megatron.cpu_compat import cuda_to_cpu
@@ -238,18 +235,6 @@ class MegatronEngine(Engine):
         shards = [{name: parts[r] for name, parts in block.items()} for r in range(self.pcfg.tp)]
         weights.update(from_megatron(shards, self.first_layer, final_norm=self.stage.post_process))
         return {k: v.to("cpu", copy=True) for k, v in weights.items()} if keeps else {}
-
-    def eval_model(self) -> MultimodalModel | None:
-        weights = self.export_state_dict()
-        if self.pcfg.pp > 1:  # the other stages' weights come to rank 0
-            gathered = [None] * self.info.world if self.info.is_main else None
-            dist.gather_object(weights, gathered, dst=0)
-            weights = {k: v for part in gathered or [] for k, v in part.items()}
-        if not self.info.is_main:
-            return None
-        from pipeline.export import model_from_weights
-
-        return model_from_weights(self.cfg.model, weights, self.info.device)
 
 
 def _join_process_group(info: DistInfo) -> None:

@@ -100,7 +100,8 @@ class MegatronStage(MegatronModule):
         h = m.embed_batch(batch, inputs).transpose(0, 1).contiguous() if self.pre_process else None
         mask = block_mask_argument(m.batch_context(batch), batch.segment_ids, batch.span_ids, m.bidirectional,
                                    self.core_attention)
-        h = self.decoder(h, mask, rotary_pos_emb=rotary_freqs(batch.positions, m.cfg.head_dim, m.cfg.rope_theta))
+        h = self.decoder(h, mask, rotary_pos_emb=rotary_freqs(batch.positions, m.cfg.head_dim, m.cfg.rope_theta,
+                                                                self.core_attention))
         if not self.post_process:
             return h
         return m.losses(h.transpose(0, 1), batch, velocity_target)

@@ -73,14 +73,6 @@ class NativeEngine(Engine):
     def dp_rank(self) -> int:
         return self.mesh["dp"].get_local_rank() if self.mesh is not None else 0
 
-    @property
-    def dp_size(self) -> int:
-        return self.pcfg.dp
-
-    @property
-    def matmul_params(self) -> int:
-        return self._matmul_params
-
     def train_step(self, micro_batches, seeds, lr) -> StepResult:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -123,15 +115,3 @@ class NativeEngine(Engine):
             if keeps:
                 weights[name] = full.detach().to("cpu", copy=True)
         return weights
-
-    def eval_model(self) -> MultimodalModel | None:
-        weights = self.export_state_dict()
-        if self.pcfg.pp > 1:  # the other stages' parameters come to rank 0
-            gathered = [None] * self.info.world if self.info.is_main else None
-            dist.gather_object(weights, gathered, dst=0)
-            weights = {k: v for part in gathered or [] for k, v in part.items()}
-        if not self.info.is_main:
-            return None
-        from pipeline.export import model_from_weights
-
-        return model_from_weights(self.cfg.model, weights, self.info.device)

@@ -45,7 +45,8 @@ def test_block_matches_nodds_backbone_forward_and_backward(megatron_one_process,
     expected.square().sum().backward()
     y = h.clone().transpose(0, 1).contiguous().requires_grad_()
     mask = block_mask_argument(ctx, batch.segment_ids, batch.span_ids, model.bidirectional, core_attention)
-    got = block(y, mask, rotary_pos_emb=rotary_freqs(batch.positions, cfg.head_dim, cfg.rope_theta))
+    got = block(y, mask, rotary_pos_emb=rotary_freqs(batch.positions, cfg.head_dim, cfg.rope_theta,
+                                                               core_attention))
     got.square().sum().backward()
 
     torch.testing.assert_close(got.transpose(0, 1), expected, atol=1e-5, rtol=1e-5)
@@ -53,3 +54,12 @@ def test_block_matches_nodds_backbone_forward_and_backward(megatron_one_process,
     grads = from_megatron([{k: p.grad for k, p in block.named_parameters()}], 0)
     for name, p in model.backbone.named_parameters():
         torch.testing.assert_close(grads[f"backbone.{name}"], p.grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_swiglu_backward_matches_autograd_on_a_strided_input():
+    from pipeline.engines.megatron.swiglu import SwiGLU
+
+    x = torch.randn(5, 3, 16, dtype=torch.float64).transpose(0, 1).requires_grad_()  # not contiguous
+    assert torch.autograd.gradcheck(SwiGLU(), (x,))
+    gate, up = x.detach().chunk(2, -1)
+    torch.testing.assert_close(SwiGLU()(x), torch.nn.functional.silu(gate) * up)

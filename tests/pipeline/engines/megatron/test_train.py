@@ -45,4 +45,4 @@ def test_tensor_parallel_run_resumes_exactly_exports_and_refuses_another_layout(
 
     done = train(full, shards["kl"], "parallel.dp_shard=2", "train.steps=6", "--resume")
     assert done.returncode == 1
-    assert "another layout (tp 2 -> 1, dp 1 -> 2)" in done.stderr and "export" in done.stderr
+    assert "another layout (tp 2 -> 1, dp 1 -> 2, distributed_optimizer False -> True)" in done.stderr and "export" in done.stderr
