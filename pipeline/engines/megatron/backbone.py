@@ -84,8 +84,8 @@ class NoddCoreAttention(MegatronModule):
                 attention_bias=None, packed_seq_params=None):
         if not isinstance(attention_mask, AttentionContext) or packed_seq_params is not None:
             raise TypeError("NoddCoreAttention expects nodd's AttentionContext as the attention mask")
-        # (B, heads, T, d) laid out (B, T, heads, d), as model/transformer.py hands them: on
-        # megatron's (T, B) layout attend's per-document gathers and their backward ran slower
+        # (B, heads, T, d) laid out (B, T, heads, d), as model/transformer.py hands them to
+        # attend (one copy each; its per-document gathers then read whole rows)
         q, k, v = (x.transpose(0, 1).contiguous().transpose(1, 2) for x in (query, key, value))
         q, k = apply_rotary(q, attention_mask.rotation), apply_rotary(k, attention_mask.rotation)
         out = attend(q, k, v, attention_mask)
