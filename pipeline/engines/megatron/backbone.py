@@ -85,7 +85,7 @@ class NoddCoreAttention(MegatronModule):
         if not isinstance(attention_mask, AttentionContext) or packed_seq_params is not None:
             raise TypeError("NoddCoreAttention expects nodd's AttentionContext as the attention mask")
         # (B, heads, T, d) laid out (B, T, heads, d), as model/transformer.py hands them to
-        # attend (one copy each; its per-document gathers then read whole rows)
+        # attend (one copy each); not measured against plain permuted views
         q, k, v = (x.transpose(0, 1).contiguous().transpose(1, 2) for x in (query, key, value))
         q, k = apply_rotary(q, attention_mask.rotation), apply_rotary(k, attention_mask.rotation)
         out = attend(q, k, v, attention_mask)
