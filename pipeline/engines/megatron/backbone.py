@@ -57,7 +57,7 @@ def transformer_config(model: ModelConfig, *, tp: int = 1, pp: int = 1, dtype: t
         gated_linear_unit=True, activation_func=F.silu, add_bias_linear=False, rotary_interleaved=True,
         hidden_dropout=0.0, attention_dropout=0.0,
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-        params_dtype=torch.float32, pipeline_dtype=dtype, bf16=dtype == torch.bfloat16,
+        params_dtype=dtype, pipeline_dtype=dtype, bf16=dtype == torch.bfloat16,
         # nodd copies its own initial weights in; fusions need Apex / TE kernels or CUDA
         use_cpu_initialization=True, perform_initialization=False, apply_rope_fusion=False,
         masked_softmax_fusion=False, bias_activation_fusion=False, bias_dropout_fusion=False,

@@ -27,6 +27,7 @@ from core.errors import ConfigError
 from model.config import ModelConfig
 from pipeline.distributed import DistInfo
 from pipeline.engines.base import LOSS_PARTS, Engine, StepResult
+from pipeline.engines.native.precision import DTYPES
 from pipeline.engines.parallel import ParallelConfig
 from pipeline.export import weights_to_start_from
 from pipeline.train.config import TrainConfig
@@ -50,7 +51,7 @@ class MegatronEngine(Engine):
     @classmethod
     def check_settings(cls, cfg: TrainConfig) -> None:
         # Not built yet, refused rather than silently ignored (docs/engines.md, "What is missing")
-        missing = {"train.precision=bf16": cfg.train.precision == "bf16", "optim.ema_decay": cfg.optim.ema_decay > 0,
+        missing = {"optim.ema_decay": cfg.optim.ema_decay > 0,
                    "train.activation_checkpointing": cfg.train.activation_checkpointing,
                    "train.compile": cfg.train.compile}
         for setting, used in missing.items():
@@ -65,6 +66,7 @@ class MegatronEngine(Engine):
 
         self.cfg, self.info = cfg, dist_info
         self.check_settings(cfg)
+        self.dtype = DTYPES[cfg.train.precision]
         self.pcfg = self.check(cfg.parallel, cfg.model, dist_info.world, cfg.optim.grad_accum)
         _join_process_group(dist_info)
         if parallel_state.model_parallel_is_initialized():
@@ -98,7 +100,7 @@ class MegatronEngine(Engine):
         from pipeline.engines.native.pipelining import split_model
 
         cfg, pcfg = self.cfg, self.pcfg
-        config = transformer_config(cfg.model, tp=pcfg.tp, pp=pcfg.pp)  # fp32 (check_settings)
+        config = transformer_config(cfg.model, tp=pcfg.tp, pp=pcfg.pp, dtype=self.dtype)
         # The one-process model's initial weights (a CPU build under the run seed draws exactly
         # what the native engine's meta build replays), then this stage's part of them.
         torch.manual_seed(cfg.train.seed)
@@ -122,6 +124,14 @@ class MegatronEngine(Engine):
                               strict=True)
         stage = MegatronStage(config, part, block, first, last, cfg.megatron.core_attention)
         stage.to(self.info.device)
+        if self.dtype != torch.float32:
+            # bf16 parameters, as megatron's Float16Module makes them (`module.bfloat16()`), the
+            # fp32 main copies held by the optimizer. Not Float16Module itself: it would prefix
+            # every state-dict key with "module." and its input casts do not reach nodd's batch
+            # (the model casts its inputs to the weights' dtype and its losses to fp32 itself).
+            for p in stage.parameters():
+                p.data = p.data.to(self.dtype)
+        # fp32 gradient buffers (megatron's main_grad): bf16 micro-batch gradients accumulate in fp32
         ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                                    use_distributed_optimizer=self.distributed_optimizer)
         model = DistributedDataParallel(config=config, ddp_config=ddp_config, module=stage)
@@ -134,8 +144,8 @@ class MegatronEngine(Engine):
 
         o = self.cfg.optim
         config = OptimizerConfig(optimizer="adam", lr=o.lr, weight_decay=o.weight_decay, adam_beta1=o.beta1,
-                                 adam_beta2=o.beta2, adam_eps=1e-8, clip_grad=o.grad_clip, params_dtype=torch.float32,
-                                 use_distributed_optimizer=self.distributed_optimizer)
+                                 adam_beta2=o.beta2, adam_eps=1e-8, clip_grad=o.grad_clip, params_dtype=self.dtype,
+                                 bf16=self.dtype == torch.bfloat16, use_distributed_optimizer=self.distributed_optimizer)
         return get_megatron_optimizer(config, [self.model])
 
     # ---- Engine interface -----------------------------------------------------------------------
@@ -191,7 +201,7 @@ class MegatronEngine(Engine):
 
     def _layout(self) -> dict:
         return {"world": self.info.world, "tp": self.pcfg.tp, "pp": self.pcfg.pp, "dp": self.pcfg.dp,
-                "distributed_optimizer": self.distributed_optimizer}
+                "distributed_optimizer": self.distributed_optimizer, "precision": self.cfg.train.precision}
 
     def save(self, folder: Path) -> None:
         from pipeline.engines.megatron.cpu_compat import cuda_to_cpu
@@ -214,24 +224,30 @@ class MegatronEngine(Engine):
 
         from pipeline.engines.megatron.convert import from_megatron
         from pipeline.engines.megatron.stage import VocabParallelHead
+        from pipeline.engines.megatron.state import main_weights
 
         tp_group = parallel_state.get_tensor_model_parallel_group()
         keeps = parallel_state.get_data_parallel_rank() == 0 and self.tp_rank == 0
 
-        def gathered(t: torch.Tensor) -> list[torch.Tensor]:
+        named = dict(self.stage.named_parameters())
+        fp32 = dict(zip(named, main_weights(self.optimizer, list(named.values()))))  # bf16: the main weights
+
+        def gathered(name: str) -> list[torch.Tensor]:
+            t = fp32[name]
             if self.pcfg.tp == 1:
-                return [t.detach()]
+                return [t]
             parts = [torch.empty_like(t) for _ in range(self.pcfg.tp)]
-            dist.all_gather(parts, t.detach().contiguous(), group=tp_group)
+            dist.all_gather(parts, t.contiguous(), group=tp_group)
             return parts
 
         part = self.stage.part
-        weights = {name: p.detach() for name, p in part.named_parameters() if not name.startswith("lm_head.")}
+        weights = {name.removeprefix("part."): t for name, t in fp32.items()
+                   if name.startswith("part.") and not name.startswith("part.lm_head.")}
         if isinstance(part.lm_head, VocabParallelHead):
-            weights["lm_head.weight"] = torch.cat(gathered(part.lm_head.linear.weight))[:part.lm_head.vocab]
+            weights["lm_head.weight"] = torch.cat(gathered("part.lm_head.linear.weight"))[:part.lm_head.vocab]
         elif part.lm_head is not None and not self.cfg.model.tie_embeddings:
-            weights["lm_head.weight"] = part.lm_head.weight.detach()
-        block = {name: gathered(p) for name, p in self.stage.decoder.named_parameters()}
+            weights["lm_head.weight"] = fp32["part.lm_head.weight"]
+        block = {name.removeprefix("decoder."): gathered(name) for name in fp32 if name.startswith("decoder.")}
         shards = [{name: parts[r] for name, parts in block.items()} for r in range(self.pcfg.tp)]
         weights.update(from_megatron(shards, self.first_layer, final_norm=self.stage.post_process))
         return {k: v.to("cpu", copy=True) for k, v in weights.items()} if keeps else {}

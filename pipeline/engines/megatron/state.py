@@ -1,7 +1,7 @@
 """The megatron engine's checkpoint payload: every rank's own model and optimizer state, and the
 layout they were written under.
 
-    step-N/megatron.json             tp, pp, dp, world, distributed_optimizer (rank 0 writes it)
+    step-N/megatron.json             tp, pp, dp, world, distributed_optimizer, precision (rank 0)
     step-N/megatron-rank-00003.pt    rank 3's stage weights (its layers, its tensor-parallel shard)
                                      and optimizer state: with the distributed optimizer, its shard
                                      of the main parameters and Adam moments in megatron's
@@ -48,6 +48,34 @@ def _with_padding_flags(state: dict) -> dict:
 
 
 @torch.no_grad()
+def main_weights(optimizer, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+    """The fp32 main weights behind `params` (whole tensors, every data-parallel rank calls this):
+    fp32 parameters are their own; megatron's Float16Optimizer keeps an fp32 copy on each bf16
+    parameter (`main_param`); the distributed optimizer keeps a slice of it on each data-parallel
+    rank, which are summed over the group here (a bf16 parameter is the rounded copy: exporting
+    it would lose what the optimizer learned below bf16's resolution)."""
+    import torch.distributed as dist
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    sharded = [opt for opt in _optimizers(optimizer) if isinstance(opt, DistributedOptimizer)]
+    out = []
+    for p in params:
+        if p.dtype == torch.float32:
+            out.append(p.detach())
+        elif not sharded:
+            out.append(p.main_param.detach())
+        else:
+            whole = torch.zeros(p.numel(), dtype=torch.float32, device=p.device)
+            for opt in sharded:
+                if p in opt.model_param_group_index_map:  # this rank owns a slice of it
+                    owned = opt._get_model_param_range_map(p)["param"]
+                    whole[owned.start:owned.end] = opt._get_main_param_and_optimizer_states(p)["param"]
+            dist.all_reduce(whole, group=sharded[0].data_parallel_group)
+            out.append(whole.view(p.shape))
+    return out
+
+
+@torch.no_grad()
 def save_state(folder: Path, rank: int, stage: torch.nn.Module, optimizer, layout: dict) -> None:
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
@@ -72,6 +100,7 @@ def load_state(folder: Path, rank: int, stage: torch.nn.Module, optimizer, layou
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"{folder / LAYOUT_FILE} cannot be read ({exc}); delete {folder} to resume from the "
                         "checkpoint before it, or start a new run_dir") from None
+    saved.setdefault("precision", "fp32")  # written before bf16 existed in this engine
     if saved != layout:
         differs = ", ".join(f"{k} {saved.get(k)} -> {layout.get(k)}" for k in layout if saved.get(k) != layout.get(k))
         raise DataError(f"{folder} was written by the megatron engine under another layout ({differs}); its "

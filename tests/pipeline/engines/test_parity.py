@@ -85,17 +85,21 @@ def test_layout_matches_one_process(engine, name, layout, world, mode, tmp_path)
         assert abs(a - b) < 1e-4 * b, (got, expected)
 
 
-# bf16 (FSDP2's mixed precision; copies cast once a step elsewhere) against one process in bf16:
-# the same weights rounded the same way, but sums in another order (gradients reduced over ranks,
-# half-batches), so agreement to bf16's resolution rather than to 1e-5.
-BF16_LAYOUTS = [row for row in LAYOUTS["native"] if row[0] in ("fsdp2", "tp2", "pp2 1f1b")]
+# bf16 (native: FSDP2's mixed precision, copies cast once a step elsewhere; megatron: bf16
+# parameters, fp32 main weights in its optimizer, fp32 gradient buffers) against one native
+# process in bf16: the same weights rounded the same way, but sums in another order (gradients
+# reduced over ranks, half-batches, megatron's kernels), so agreement to bf16's resolution rather
+# than to 1e-5. Measured: megatron within 2e-4 relative of native bf16 over these 3 steps.
+BF16_ROWS = {"native": ("fsdp2", "tp2", "pp2 1f1b"), "megatron": ("1 process", "tp2", "pp2 1f1b",
+                                                                  "dp2 distributed optimizer")}
 BF16_TOLERANCE = 2e-2
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, layout, world", BF16_LAYOUTS, ids=[row[0] for row in BF16_LAYOUTS])
-def test_bf16_layout_matches_one_process_in_bf16(name, layout, world, tmp_path):
-    got = run_layout("native", layout, world, "transfusion", tmp_path, precision="bf16")["losses"]
+@pytest.mark.parametrize("engine, name, layout, world",
+                         [row for row in ROWS if row.values[1] in BF16_ROWS[row.values[0]]])
+def test_bf16_layout_matches_one_process_in_bf16(engine, name, layout, world, tmp_path):
+    got = run_layout(engine, layout, world, "transfusion", tmp_path, precision="bf16")["losses"]
     expected = reference(layout, world, STEPS, "transfusion", precision="bf16")["losses"]
     fp32 = reference(layout, world, STEPS, "transfusion")["losses"]
     assert got[-1] < got[0]

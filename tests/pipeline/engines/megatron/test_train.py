@@ -46,3 +46,29 @@ def test_tensor_parallel_run_resumes_exactly_exports_and_refuses_another_layout(
     done = train(full, shards["kl"], "parallel.dp_shard=2", "train.steps=6", "--resume")
     assert done.returncode == 1
     assert "another layout (tp 2 -> 1, dp 1 -> 2, distributed_optimizer False -> True)" in done.stderr and "export" in done.stderr
+
+
+@pytest.mark.slow
+def test_bf16_with_the_distributed_optimizer_resumes_exactly_and_exports_its_fp32_main_weights(tmp_path, shards):
+    import torch
+
+    from pipeline.export import read_export
+
+    bf16 = ["parallel.dp_shard=2", "train.precision=bf16"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    for run, args in [(full, ["train.steps=4"]), (part, ["train.steps=2"]), (part, ["train.steps=4", "--resume"])]:
+        done = train(run, shards["kl"], *bf16, *args)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert losses(part) == losses(full) and sorted(losses(full)) == [1, 2, 3, 4]
+    layout = json.loads((full / "checkpoints" / "step-000004" / "megatron.json").read_text())
+    assert layout["precision"] == "bf16" and layout["distributed_optimizer"] is True
+
+    weights, _ = read_export(full / "checkpoints" / "step-000004" / "export")
+    resumed, _ = read_export(part / "checkpoints" / "step-000004" / "export")
+    assert all(torch.equal(weights[k], resumed[k]) for k in weights)
+    assert {w.dtype for w in weights.values()} == {torch.float32}
+    # the optimizer's main weights, not the bf16 copies the model computed with (those round them)
+    assert any((w.bfloat16().float() != w).any() for w in weights.values())
+
+    done = train(full, shards["kl"], "parallel.dp_shard=2", "train.steps=6", "--resume")
+    assert done.returncode == 1 and "precision bf16 -> fp32" in done.stderr
