@@ -53,6 +53,17 @@ class VocabParallelHead(nn.Module):
         rows = weight[self.start:self.start + self.rows]
         local[:len(rows)].copy_(rows)
 
+    def sharded_tensor(self, key: str, metadata: dict):
+        """dist_checkpointing's entry: this rank's rows of one (padded vocab, width) tensor.
+        The padding depends on tp, so the shape may differ between layouts: allow_shape_mismatch
+        (as megatron's own output layer) reads the rows both have and zeros the rest, which are
+        the zero padded rows."""
+        from megatron.core.utils import make_tp_sharded_tensor_for_checkpoint
+
+        return make_tp_sharded_tensor_for_checkpoint(self.linear.weight, key, tp_axis=0, allow_shape_mismatch=True,
+                                                     tp_group=parallel_state.get_tensor_model_parallel_group(),
+                                                     dp_cp_group=metadata["dp_cp_group"])
+
     def local_rows(self) -> torch.Tensor:
         """This rank's real (unpadded) rows of the weight."""
         return self.linear.weight[:max(0, min(self.rows, self.vocab - self.start))]
@@ -88,6 +99,33 @@ class MegatronStage(MegatronModule):
             for p in part.parameters():
                 if not getattr(p, "tensor_model_parallel", False):
                     p.average_gradients_across_tp_domain = True
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata: dict | None = None) -> dict:
+        """What megatron's dist_checkpointing saves of this stage, in keys that do not depend on the
+        layout, so that a checkpoint loads under any tp / pp / dp: the block's layers under their
+        global layer numbers with their tensor-parallel axes (megatron's own entries), nodd's
+        parts replicated, and the LM head as one "part.lm_head.weight" whether tp splits it or
+        not. The local layers' `_extra_state` entries are left out: they are empty (Transformer
+        Engine keeps fp8 scales there), and megatron keys them by tp degree, so a checkpoint
+        written under tp=2 would not load under tp=1."""
+        from megatron.core.transformer.utils import ensure_metadata_has_dp_cp_group, make_sharded_tensors_for_checkpoint
+
+        metadata = ensure_metadata_has_dp_cp_group(metadata)
+        entries = self.decoder.sharded_state_dict(f"{prefix}decoder.", metadata=metadata)
+        replicated = {k: v for k, v in self.part.state_dict(keep_vars=True).items() if not k.startswith("lm_head.")}
+        entries.update(make_sharded_tensors_for_checkpoint(
+            replicated, f"{prefix}part.", {}, tp_group=parallel_state.get_tensor_model_parallel_group(),
+            dp_cp_group=metadata["dp_cp_group"]))
+        head, key = self.part.lm_head, f"{prefix}part.lm_head.weight"
+        if isinstance(head, VocabParallelHead):
+            entries[f"{prefix}part.lm_head.linear.weight"] = head.sharded_tensor(key, metadata)
+        elif head is not None and not self.part.cfg.tie_embeddings:
+            entry = make_sharded_tensors_for_checkpoint(
+                {key: head.weight}, "", {}, tp_group=parallel_state.get_tensor_model_parallel_group(),
+                dp_cp_group=metadata["dp_cp_group"])[key]
+            entry.allow_shape_mismatch = True  # tp > 1 pads the rows (VocabParallelHead.sharded_tensor)
+            entries[key] = entry
+        return {k: v for k, v in entries.items() if not k.endswith("_extra_state")}
 
     def set_input_tensor(self, input_tensor) -> None:
         """The schedules hand a later stage its input here (a list of one tensor)."""
