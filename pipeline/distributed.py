@@ -8,6 +8,7 @@ A barrier, flushed output and `os._exit` avoid it, so CI never goes red at rando
 
 from __future__ import annotations
 
+import multiprocessing.util
 import os
 import sys
 from dataclasses import dataclass
@@ -52,6 +53,10 @@ def exit_process(code: int = 0) -> None:
         try:
             dist.barrier()
         finally:
+            # what atexit would do for multiprocessing: stop helper processes started here (megatron's
+            # checkpoint writer keeps a spawned Manager for its result queue), which would outlive
+            # this process and hold its stdout open (a caller reading it to the end never returns)
+            multiprocessing.util._exit_function()
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)

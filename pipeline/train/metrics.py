@@ -49,11 +49,20 @@ def flops_per_token(params: int, depth: int, width: int, context: float) -> floa
     return 6.0 * params + 12.0 * depth * width * context
 
 
-def measure_peak_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, seconds: float = 0.3) -> float:
-    """FLOP/s of a square matmul on this device and dtype (the MFU ceiling when none is given)."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    a @ b  # warm-up
+def measure_peak_flops(device: torch.device, dtype: torch.dtype, max_size: int = 2048, seconds: float = 0.3) -> float:
+    """FLOP/s of a square matmul on this device and dtype (the MFU ceiling when none is given).
+    The size doubles from 256 up to max_size while one matmul takes under seconds / 8: a CPU
+    without bf16 instructions (avx2 only) multiplies bf16 at about 1 GFLOP/s, and four 2048
+    matmuls there took minutes before the first training step."""
+    size = 256
+    while True:
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        a @ b  # warm-up
+        once = _timed(lambda: a @ b, device)
+        if size >= max_size or once > seconds / 8:
+            break
+        size *= 2
     runs, start = 0, time.perf_counter()
     while True:
         a @ b
@@ -63,6 +72,14 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, size: int = 204
         elapsed = time.perf_counter() - start
         if elapsed >= seconds and runs >= 3:
             return 2 * size ** 3 * runs / elapsed
+
+
+def _timed(fn, device: torch.device) -> float:
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def bf16_pays(device: torch.device) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 
 import torch
 
@@ -25,6 +26,14 @@ from pipeline.train.config import LoopConfig, OptimConfig, TrainConfig
 MICRO = 2  # micro-batches per optimizer step (the pipeline schedule needs >= pp of them)
 ROWS, SEQ_LEN = 2, 64
 LR = 1e-3
+# bf16 runs agree with one bf16 process to bf16's resolution, not 1e-5 (sums in another order)
+BF16_TOLERANCE = 2e-2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def seed_of(step: int, micro: int, dp_rank: int) -> int:
@@ -72,17 +81,20 @@ def state_bytes(engine) -> int:
 
 
 def reference(layout: dict, world: int, steps: int, mode: str, model_options: dict | None = None,
-              precision: str = "fp32") -> dict:
-    """One-process native run over all data-parallel ranks' micro-batches: losses and state bytes."""
+              precision: str = "fp32", resumed_as: tuple[dict, int] | None = None, resumed_at: int = 0) -> dict:
+    """One-process native run over all data-parallel ranks' micro-batches: losses and state bytes.
+    `resumed_as=(layout, world)`: from step `resumed_at` on, the data-parallel ranks of that
+    layout (what a run resumed there trains on)."""
     from pipeline.distributed import DistInfo
     from pipeline.engines.native.engine import NativeEngine
 
-    dp = ParallelConfig(**layout).resolved(world).dp
-    cfg = train_config(mode, {}, microbatches=dp * MICRO, model_options=model_options, precision=precision)
+    dps = [ParallelConfig(**lay).resolved(w).dp for lay, w in [(layout, world), resumed_as or (layout, world)]]
+    cfg = train_config(mode, {}, microbatches=max(dps) * MICRO, model_options=model_options, precision=precision)
     engine = NativeEngine(cfg, DistInfo(0, 1, torch.device("cpu")))
-    data = [batches(cfg.model, r, steps) for r in range(dp)]
+    data = [batches(cfg.model, r, steps) for r in range(max(dps))]
     results = []
     for step in range(steps):
+        dp = dps[1] if resumed_as and step >= resumed_at else dps[0]
         micro = [b for r in range(dp) for b in data[r][step]]
         seeds = [seed_of(step, m, r) for r in range(dp) for m in range(MICRO)]
         results.append(engine.train_step(micro, seeds, LR))
@@ -108,4 +120,31 @@ def worker(rank: int, world: int, engine_name: str, layout: dict, steps: int, mo
         with open(out_path, "w", encoding="utf-8") as f:
             json.dump({"losses": [r.losses["loss"] for r in results], "grad_norms": [r.grad_norm for r in results],
                        "state_bytes": state_bytes(engine) if engine_name == "native" else None}, f)
+    exit_process(0)
+
+
+def checkpoint_worker(rank: int, world: int, engine_name: str, layout: dict, steps: tuple[int, int], mode: str,
+                      port: int, folder: str, out_path: str, precision: str = "fp32") -> None:
+    """Trains steps[0]..steps[1]-1 (loading `folder` first when steps[0] > 0), saves into `folder`
+    when it started from scratch: two calls with two layouts = a run resumed on another layout."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from pipeline.distributed import exit_process, init_distributed
+    from pipeline.engines.base import get_engine
+
+    info = init_distributed("cpu")
+    cfg = train_config(mode, layout, engine_name, precision=precision)
+    engine = get_engine(engine_name)(cfg, info)
+    first, last = steps
+    if first:
+        engine.load(folder)
+    data = batches(cfg.model, engine.dp_rank, last)
+    results = [engine.train_step(data[step], [seed_of(step, m, engine.dp_rank) for m in range(MICRO)], LR)
+               for step in range(first, last)]
+    if not first:
+        engine.save(folder)
+    if rank == 0:
+        with open(out_path, "w", encoding="utf-8") as f:
+            json.dump({"losses": [r.losses["loss"] for r in results]}, f)
     exit_process(0)

@@ -29,8 +29,7 @@ from core.errors import DataError
 LAYOUT_FILE = "megatron.json"
 CHECKPOINT_DIR = "megatron"
 FORMAT = 2  # 1: per-rank torch.save payloads, same layout only
-# the distributed optimizer's state as whole tensors in model space, the format that reshards tp/pp
-SHARDING = {"distrib_optim_sharding_type": "fully_reshardable"}
+MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
 def _optimizers(optimizer) -> list:
@@ -41,37 +40,126 @@ def _rank_file(folder: Path, rank: int) -> Path:
     return Path(folder) / f"megatron-rank-{rank:05d}.pt"
 
 
+def _owner(optimizer):
+    """The distributed optimizer (it holds a slice of every parameter's state), or None."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    return next((opt for opt in _optimizers(optimizer) if isinstance(opt, DistributedOptimizer)), None)
+
+
+def _gathered(sharded, p: torch.nn.Parameter, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Whole fp32 tensors of p's shape from the distributed optimizer's slices ("main": the main
+    weights), summed over the data-parallel group: every data-parallel rank calls it."""
+    import torch.distributed as dist
+
+    flat = torch.zeros(len(keys), p.numel(), dtype=torch.float32, device=p.device)
+    if p in sharded.model_param_group_index_map:  # this rank owns a slice of it
+        owned = sharded._get_model_param_range_map(p)["param"]
+        held = sharded._get_main_param_and_optimizer_states(p)
+        for row, k in enumerate(keys):
+            if ("param" if k == "main" else k) in held:  # no moments before the first step
+                flat[row, owned.start:owned.end] = held["param" if k == "main" else k]
+    dist.all_reduce(flat, group=sharded.data_parallel_group)
+    return {k: flat[row].view(p.shape) for row, k in enumerate(keys)}
+
+
 @torch.no_grad()
 def main_weights(optimizer, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
     """The fp32 main weights behind `params` (whole tensors, every data-parallel rank calls this):
     fp32 parameters are their own; megatron's Float16Optimizer keeps an fp32 copy on each bf16
     parameter (`main_param`); the distributed optimizer keeps a slice of it on each data-parallel
-    rank, which are summed over the group here (a bf16 parameter is the rounded copy: exporting
-    it would lose what the optimizer learned below bf16's resolution)."""
-    import torch.distributed as dist
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+    rank (a bf16 parameter is the rounded copy: exporting it would lose what the optimizer
+    learned below bf16's resolution)."""
+    sharded = _owner(optimizer)
+    return [p.detach() if p.dtype == torch.float32 else
+            p.main_param.detach() if sharded is None else _gathered(sharded, p, ("main",))["main"] for p in params]
 
-    sharded = [opt for opt in _optimizers(optimizer) if isinstance(opt, DistributedOptimizer)]
-    out = []
-    for p in params:
-        if p.dtype == torch.float32:
-            out.append(p.detach())
-        elif not sharded:
-            out.append(p.main_param.detach())
-        else:
-            whole = torch.zeros(p.numel(), dtype=torch.float32, device=p.device)
-            for opt in sharded:
-                if p in opt.model_param_group_index_map:  # this rank owns a slice of it
-                    owned = opt._get_model_param_range_map(p)["param"]
-                    whole[owned.start:owned.end] = opt._get_main_param_and_optimizer_states(p)["param"]
-            dist.all_reduce(whole, group=sharded[0].data_parallel_group)
-            out.append(whole.view(p.shape))
+
+def _inner_state(optimizer, p: torch.nn.Parameter) -> dict:
+    """torch AdamW's state of p in a plain megatron optimizer (keyed by its fp32 main copy in bf16)."""
+    main = getattr(p, "main_param", p)
+    for opt in _optimizers(optimizer):
+        if main in opt.optimizer.state:
+            return opt.optimizer.state[main]
+    return {}
+
+
+@torch.no_grad()
+def optimizer_state(optimizer, p: torch.nn.Parameter) -> dict[str, torch.Tensor]:
+    """p's Adam moments (and, for a bf16 p, its fp32 main weights as "main") as whole fp32
+    tensors of p's shape; every data-parallel rank calls it."""
+    keys = MOMENTS if p.dtype == torch.float32 else (*MOMENTS, "main")
+    sharded = _owner(optimizer)
+    if sharded is not None:
+        return _gathered(sharded, p, keys)
+    state = _inner_state(optimizer, p)
+    out = {k: state[k] if k in state else torch.zeros(p.shape) for k in MOMENTS}
+    if "main" in keys:
+        out["main"] = p.main_param.detach()
     return out
 
 
-def _sharded(stage: torch.nn.Module, optimizer, loading: bool) -> dict:
+@torch.no_grad()
+def set_optimizer_state(optimizer, p: torch.nn.Parameter, state: dict[str, torch.Tensor], step: float) -> None:
+    """The inverse of optimizer_state: whole tensors of p's shape -> the optimizer's own layout."""
+    sharded = _owner(optimizer)
+    counter = torch.tensor(step, dtype=torch.float32)
+    for opt in _optimizers(optimizer):
+        for group in opt.optimizer.param_groups:
+            if "step" in group:  # Apex / TE FusedAdam count in the group
+                group["step"] = int(step)
+    if sharded is None:
+        main = getattr(p, "main_param", p)
+        if "main" in state:
+            main.copy_(state["main"])
+        opt = next(o for o in _optimizers(optimizer) if any(main is q for g in o.optimizer.param_groups for q in g["params"]))
+        opt.optimizer.state[main] = {"step": counter, **{k: state[k].to(main.dtype).clone() for k in MOMENTS}}
+        return
+    if p not in sharded.model_param_group_index_map:
+        return
+    owned = sharded._get_model_param_range_map(p)["param"]
+    main = state["main"] if "main" in state else p.detach().float()
+    slices = {k: state[k].flatten()[owned.start:owned.end] for k in MOMENTS}
+    group, order = sharded.model_param_group_index_map[p]
+    main_param = sharded.optimizer.param_groups[group]["params"][order]
+    sharded.optimizer.state[main_param] = {"step": counter, **{k: v.clone() for k, v in slices.items()}}
+    main_param.copy_(main.flatten()[owned.start:owned.end])
+
+
+def _sharded(stage: torch.nn.Module, optimizer, loading: bool) -> tuple[dict, dict]:
+    """(what dist_checkpointing saves or loads, param name -> its optimizer-state keys). The
+    optimizer part is layout-free like the model's: each parameter's moments (and bf16 main
+    weights) as whole tensors under the parameter's own sharding, so tp / pp / dp and the
+    distributed optimizer may all change between save and load (megatron's own optimizer
+    formats tie a checkpoint to one optimizer class, and its fully_reshardable load drops the
+    torch-AdamW step counters, megatron-core 0.16.1)."""
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.optimizer import make_sharded_optimizer_tensor
+
     model = stage.sharded_state_dict()
-    return {"model": model, "optimizer": optimizer.sharded_state_dict(model, is_loading=loading, metadata=SHARDING)}
+    by_tensor = {id(entry.data): entry for entry in nested_values(model) if hasattr(entry, "data")}
+    entries, keys = {}, {}
+    for name, p in stage.named_parameters():
+        state = optimizer_state(optimizer, p)
+        if loading:
+            state = {k: torch.zeros_like(v) for k, v in state.items()}
+        keys[name] = {}
+        for k, tensor in state.items():
+            entries[f"{k}.{name}"] = make_sharded_optimizer_tensor(by_tensor[id(p)], tensor, prefix=f"optimizer.{k}")
+            keys[name][k] = f"{k}.{name}"
+    return {"model": model, "optimizer": entries, "step": _step(optimizer)}, keys
+
+
+def _step(optimizer) -> float:
+    """The optimizer steps taken (AdamW's bias-correction counter, one value for every parameter)."""
+    for opt in _optimizers(optimizer):
+        for state in opt.optimizer.state.values():
+            if torch.is_tensor(state.get("step")):
+                return float(state["step"])  # torch's AdamW (megatron's fallback without Apex / TE)
+        for group in opt.optimizer.param_groups:
+            if "step" in group:
+                return float(group["step"])  # Apex / TE FusedAdam (GPU; not run here)
+    return 0.0
 
 
 @torch.no_grad()
@@ -84,7 +172,7 @@ def save_state(folder: Path, rank: int, stage: torch.nn.Module, optimizer, layou
         target.mkdir()
         (Path(folder) / LAYOUT_FILE).write_text(json.dumps({"format": FORMAT, **layout}, indent=2), encoding="utf-8")
     dist.barrier()
-    dist_checkpointing.save(_sharded(stage, optimizer, loading=False), str(target))
+    dist_checkpointing.save(_sharded(stage, optimizer, loading=False)[0], str(target))
 
 
 @torch.no_grad()  # megatron copies into views of its parameter buffers
@@ -105,53 +193,16 @@ def load_state(folder: Path, rank: int, stage: torch.nn.Module, optimizer, layou
     if saved.pop("format", 1) == 1:
         _load_rank_files(folder, rank, stage, optimizer, saved, layout)
         return
-    for opt in _optimizers(optimizer):
-        _prime_adam_state(opt)
-    loaded = dist_checkpointing.load(_sharded(stage, optimizer, loading=True), str(folder / CHECKPOINT_DIR))
+    request, keys = _sharded(stage, optimizer, loading=True)
+    loaded = dist_checkpointing.load(request, str(folder / CHECKPOINT_DIR))
     missing, unexpected = stage.load_state_dict(loaded["model"], strict=False)
     tied = {"part.lm_head.weight"} if stage.part.cfg.tie_embeddings else set()
     if unexpected or set(missing) - tied:
         raise DataError(f"{folder / CHECKPOINT_DIR} does not match this model (missing {sorted(set(missing) - tied)}, "
                         f"unexpected {sorted(unexpected)})")
-    chained = _optimizers(optimizer)
-    states = [loaded["optimizer"]] if len(chained) == 1 else [v for _, v in sorted(loaded["optimizer"].items())]
-    for opt, state in zip(chained, states, strict=True):
-        _load_optimizer(opt, state)
-
-
-def _load_optimizer(opt, state: dict) -> None:
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-
-    if not isinstance(opt, DistributedOptimizer):
-        opt.load_state_dict(state)
-        _own_step_counters(opt)
-        return
-    # megatron-core 0.16.1, torch AdamW fallback: load_parameter_state_from_fully_reshardable
-    # copies every key of a parameter's Adam state from the checkpoint, `step` included, which
-    # its save leaves out (KeyError 'step'). The counters come from the param groups instead:
-    # load those, set the sharded tensors aside from the counters, then put them back.
-    param_state = state.pop("param_state")
-    opt.load_state_dict(state)
-    inner = opt.optimizer.state
-    steps = {p: inner[p].pop("step") for p in list(inner) if "step" in inner[p]}
-    opt.load_parameter_state_from_fully_reshardable(param_state)
-    for p, step in steps.items():
-        inner[p]["step"] = step.clone()  # one counter each (_own_step_counters)
-
-
-def _prime_adam_state(opt) -> None:
-    """Adam state (zero moments, step 0) for every parameter before a load. Without Apex or
-    Transformer Engine megatron-core 0.16.1 falls back to torch's AdamW, which creates its state
-    at the first step; the distributed optimizer's state_dict, which its loading path calls
-    first, asserts one common `step` over the (then empty) state."""
-    inner = getattr(opt, "optimizer", None)
-    if not isinstance(inner, torch.optim.Optimizer):
-        return
-    for group in inner.param_groups:
-        for p in group["params"]:
-            if not inner.state[p]:
-                inner.state[p] = {"step": torch.zeros((), dtype=torch.float32), "exp_avg": torch.zeros_like(p),
-                                  "exp_avg_sq": torch.zeros_like(p)}
+    for name, p in stage.named_parameters():
+        set_optimizer_state(optimizer, p, {k: loaded["optimizer"][key] for k, key in keys[name].items()},
+                            loaded["step"])
 
 
 def _own_step_counters(opt) -> None:
