@@ -10,7 +10,9 @@ from support.parity import BF16_TOLERANCE, checkpoint_worker, free_port, referen
 
 from pipeline.engines.megatron.state import LAYOUT_FILE
 
-SAVED_AT, STEPS = 2, 3
+# two steps after the resume: the first one's loss shows the loaded weights, the second's the
+# loaded Adam moments and step count (the first update used them)
+SAVED_AT, STEPS = 2, 4
 TP2, DP2 = ({"tp": 2, "dp_shard": 1}, 2), ({"dp_shard": 2}, 2)
 ROWS = [  # (saved under, resumed under, precision)
     pytest.param(TP2, ({}, 1), "fp32", id="tp2 -> 1 process"),
