@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
@@ -115,6 +116,24 @@ def build_block(config: TransformerConfig, model: ModelConfig, core_attention: C
                              post_process=post_process)
     mark_tensor_parallel(block)
     return block
+
+
+def recompute_layers(block: TransformerBlock) -> None:
+    """train.activation_checkpointing: every layer's activations recomputed in backward, with
+    torch's non-reentrant checkpoint around each TransformerLayer (its forward replaced on the
+    instance, so parameter names do not change). megatron's own recompute
+    (`recompute_granularity="full"`) cannot carry nodd's core attention: its CheckpointFunction
+    passes the layer inputs to `save_for_backward`, which refuses the AttentionContext riding in
+    `attention_mask`, and it reads the CUDA RNG state."""
+    for layer in block.layers:
+        forward = layer.forward
+
+        def recomputed(*args, _forward=forward, **kwargs):
+            if not torch.is_grad_enabled():
+                return _forward(*args, **kwargs)
+            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+        layer.forward = recomputed
 
 
 def mark_tensor_parallel(module: torch.nn.Module) -> None:

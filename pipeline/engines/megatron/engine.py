@@ -51,9 +51,7 @@ class MegatronEngine(Engine):
     @classmethod
     def check_settings(cls, cfg: TrainConfig) -> None:
         # Not built yet, refused rather than silently ignored (docs/engines.md, "What is missing")
-        missing = {"optim.ema_decay": cfg.optim.ema_decay > 0,
-                   "train.activation_checkpointing": cfg.train.activation_checkpointing,
-                   "train.compile": cfg.train.compile}
+        missing = {"optim.ema_decay": cfg.optim.ema_decay > 0, "train.compile": cfg.train.compile}
         for setting, used in missing.items():
             if used:
                 raise ConfigError(f"{setting} is not implemented by train.engine=megatron yet; leave it at its "
@@ -94,7 +92,7 @@ class MegatronEngine(Engine):
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 
-        from pipeline.engines.megatron.backbone import build_block, transformer_config
+        from pipeline.engines.megatron.backbone import build_block, recompute_layers, transformer_config
         from pipeline.engines.megatron.convert import to_megatron
         from pipeline.engines.megatron.stage import MegatronStage, StagePart, VocabParallelHead
         from pipeline.engines.native.pipelining import split_model
@@ -120,6 +118,8 @@ class MegatronEngine(Engine):
             head.load_full(whole["lm_head.weight"])
             part.lm_head = head
         block = build_block(config, cfg.model, cfg.megatron.core_attention, pre_process=first, post_process=last)
+        if cfg.train.activation_checkpointing:
+            recompute_layers(block)
         block.load_state_dict(to_megatron(whole, self.first_layer, per_stage, self.tp_rank, pcfg.tp, final_norm=last),
                               strict=True)
         stage = MegatronStage(config, part, block, first, last, cfg.megatron.core_attention)
