@@ -47,10 +47,12 @@ def tiny_cfg(mode: str = "transfusion") -> ModelConfig:
 
 
 def train_config(mode: str, layout: dict, engine: str = "native", microbatches: int = MICRO,
-                 model_options: dict | None = None, precision: str = "fp32") -> TrainConfig:
+                 model_options: dict | None = None, precision: str = "fp32",
+                 megatron_options: dict | None = None) -> TrainConfig:
     model = dataclasses.replace(tiny_cfg(mode), **(model_options or {}))
     cfg = TrainConfig(model=model, parallel=ParallelConfig(**layout), optim=OptimConfig(lr=LR, grad_accum=microbatches),
                       train=LoopConfig(engine=engine, seed=0, precision=precision))
+    cfg.megatron = dataclasses.replace(cfg.megatron, **(megatron_options or {}))
     cfg.data.batch_rows, cfg.data.seq_len = ROWS, SEQ_LEN  # the pipeline schedule's fixed shapes
     return cfg
 
@@ -103,7 +105,8 @@ def reference(layout: dict, world: int, steps: int, mode: str, model_options: di
 
 
 def worker(rank: int, world: int, engine_name: str, layout: dict, steps: int, mode: str, port: int,
-           out_path: str, model_options: dict | None = None, precision: str = "fp32") -> None:
+           out_path: str, model_options: dict | None = None, precision: str = "fp32",
+           megatron_options: dict | None = None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -111,7 +114,8 @@ def worker(rank: int, world: int, engine_name: str, layout: dict, steps: int, mo
     from pipeline.engines.base import get_engine
 
     info = init_distributed("cpu")
-    cfg = train_config(mode, layout, engine_name, model_options=model_options, precision=precision)
+    cfg = train_config(mode, layout, engine_name, model_options=model_options, precision=precision,
+                       megatron_options=megatron_options)
     engine = get_engine(engine_name)(cfg, info)
     data = batches(cfg.model, engine.dp_rank, steps)
     results = [engine.train_step(data[step], [seed_of(step, m, engine.dp_rank) for m in range(MICRO)], LR)
@@ -124,7 +128,8 @@ def worker(rank: int, world: int, engine_name: str, layout: dict, steps: int, mo
 
 
 def checkpoint_worker(rank: int, world: int, engine_name: str, layout: dict, steps: tuple[int, int], mode: str,
-                      port: int, folder: str, out_path: str, precision: str = "fp32") -> None:
+                      port: int, folder: str, out_path: str, precision: str = "fp32",
+                      model_options: dict | None = None, megatron_options: dict | None = None) -> None:
     """Trains steps[0]..steps[1]-1 (loading `folder` first when steps[0] > 0), saves into `folder`
     when it started from scratch: two calls with two layouts = a run resumed on another layout."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
@@ -134,7 +139,8 @@ def checkpoint_worker(rank: int, world: int, engine_name: str, layout: dict, ste
     from pipeline.engines.base import get_engine
 
     info = init_distributed("cpu")
-    cfg = train_config(mode, layout, engine_name, precision=precision)
+    cfg = train_config(mode, layout, engine_name, precision=precision, model_options=model_options,
+                       megatron_options=megatron_options)
     engine = get_engine(engine_name)(cfg, info)
     first, last = steps
     if first:

@@ -104,16 +104,17 @@ def layer_spec(model: ModelConfig, core_attention: CoreAttention) -> ModuleSpec:
 
 
 def build_block(config: TransformerConfig, model: ModelConfig, core_attention: CoreAttention = "nodd", *,
-                pre_process: bool = True, post_process: bool = True) -> TransformerBlock:
-    """This pipeline stage's layers (megatron picks them from the pp rank), with the final norm
-    on the last stage. Parameters are allocated but not initialised: load nodd's weights next."""
+                pre_process: bool = True, post_process: bool = True, vp_stage: int | None = None) -> TransformerBlock:
+    """This pipeline stage's layers (megatron picks them from the pp rank and, interleaved, the
+    virtual stage), with the final norm on the last stage. Parameters are allocated but not
+    initialised: load nodd's weights next."""
     from megatron.core.transformer.transformer_block import get_num_layers_to_build
 
-    layers = get_num_layers_to_build(config)
+    layers = get_num_layers_to_build(config, vp_stage=vp_stage)
     submodules = TransformerBlockSubmodules(layer_specs=[layer_spec(model, core_attention)] * layers,
                                             layer_norm=WrappedTorchNorm)
     block = TransformerBlock(config, submodules, post_layer_norm=post_process, pre_process=pre_process,
-                             post_process=post_process)
+                             post_process=post_process, vp_stage=vp_stage)
     mark_tensor_parallel(block)
     return block
 

@@ -20,12 +20,19 @@ class MegatronConfig:
         distributed_optimizer: shard the optimizer state over the data-parallel ranks (megatron's
             distributed optimizer, ZeRO-1); false keeps a full copy on each. With one
             data-parallel rank it has nothing to shard and the plain optimizer runs.
+        virtual_stages: model chunks per pipeline rank (megatron's virtual pipeline size); above 1
+            the interleaved 1F1B schedule runs, rank r holding virtual stages r, r + pp, ...: a
+            smaller pipeline bubble for more point-to-point traffic. Needs parallel.pp > 1,
+            model.depth divisible by pp * virtual_stages and optim.grad_accum by pp.
     """
 
     core_attention: CoreAttention = "nodd"
     distributed_optimizer: bool = True
+    virtual_stages: int = 1
 
     def validate(self) -> None:
         if self.core_attention not in get_args(CoreAttention):
             raise ConfigError(f"megatron.core_attention must be one of {', '.join(get_args(CoreAttention))}, "
                               f"got {self.core_attention!r}")
+        if self.virtual_stages < 1:
+            raise ConfigError(f"megatron.virtual_stages must be >= 1, got {self.virtual_stages}")

@@ -16,6 +16,7 @@ On a machine without a GPU, cpu_compat.py patches megatron-core's few CUDA calls
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -56,6 +57,16 @@ class MegatronEngine(Engine):
             if used:
                 raise ConfigError(f"{setting} is not implemented by train.engine=megatron yet; leave it at its "
                                   "default or use train.engine=native")
+        vp, pp = cfg.megatron.virtual_stages, cfg.parallel.pp
+        if vp > 1:  # megatron's interleaved schedule
+            if pp == 1:
+                raise ConfigError("megatron.virtual_stages > 1 interleaves pipeline stages; it needs parallel.pp > 1")
+            if cfg.model.depth % (pp * vp):
+                raise ConfigError(f"model.depth={cfg.model.depth} is not divisible by parallel.pp * megatron.virtual_stages"
+                                  f" = {pp * vp}")
+            if cfg.optim.grad_accum % pp:
+                raise ConfigError(f"the interleaved schedule runs micro-batches in groups of parallel.pp={pp}; set "
+                                  f"optim.grad_accum to a multiple of it (got {cfg.optim.grad_accum})")
 
     def __init__(self, cfg: TrainConfig, dist_info: DistInfo):
         from megatron.core import parallel_state
@@ -69,7 +80,10 @@ class MegatronEngine(Engine):
         _join_process_group(dist_info)
         if parallel_state.model_parallel_is_initialized():
             parallel_state.destroy_model_parallel()
-        parallel_state.initialize_model_parallel(self.pcfg.tp, self.pcfg.pp)
+        vp = cfg.megatron.virtual_stages
+        # a virtual pipeline size makes get_forward_backward_func pick the interleaved schedule
+        parallel_state.initialize_model_parallel(self.pcfg.tp, self.pcfg.pp,
+                                                 virtual_pipeline_model_parallel_size=vp if vp > 1 else None)
         enable_if_no_gpu()
         if dist_info.device.type == "cuda":
             from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
@@ -84,7 +98,7 @@ class MegatronEngine(Engine):
         self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
         self.pp_rank = parallel_state.get_pipeline_model_parallel_rank()
         with cuda_to_cpu():
-            self.stage, self.model, self._matmul_params = self._build()
+            self.chunks, self.models, self._matmul_params = self._build()
             self.optimizer = self._build_optimizer()
 
     # ---- build ----------------------------------------------------------------------------------
@@ -92,15 +106,15 @@ class MegatronEngine(Engine):
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 
-        from pipeline.engines.megatron.backbone import build_block, recompute_layers, transformer_config
-        from pipeline.engines.megatron.convert import to_megatron
-        from pipeline.engines.megatron.stage import MegatronStage, StagePart, VocabParallelHead
-        from pipeline.engines.native.pipelining import split_model
+        from pipeline.engines.megatron.backbone import transformer_config
+        from pipeline.engines.megatron.stage import StagePart
 
         cfg, pcfg = self.cfg, self.pcfg
-        config = transformer_config(cfg.model, tp=pcfg.tp, pp=pcfg.pp, dtype=self.dtype)
+        vp = cfg.megatron.virtual_stages
+        config = transformer_config(cfg.model, tp=pcfg.tp, pp=pcfg.pp, dtype=self.dtype,
+                                    virtual_pipeline_model_parallel_size=vp if vp > 1 else None)
         # The one-process model's initial weights (a CPU build under the run seed draws exactly
-        # what the native engine's meta build replays), then this stage's part of them.
+        # what the native engine's meta build replays), then this rank's chunks of them.
         torch.manual_seed(cfg.train.seed)
         part = StagePart(cfg.model)
         part.init_weights()
@@ -108,36 +122,51 @@ class MegatronEngine(Engine):
             part.load_state_dict(weights_to_start_from(cfg.train.init_from, cfg.model))
         whole = {k: v.detach().clone() for k, v in part.state_dict().items()}
         params = matmul_params(part)
-        first, last = self.pp_rank == 0, self.pp_rank == pcfg.pp - 1
-        per_stage = cfg.model.depth // pcfg.pp
-        self.first_layer = self.pp_rank * per_stage
-        split_model(part, self.pp_rank, pcfg.pp)
+        # chunk v of pipeline rank r is virtual stage v * pp + r (megatron's interleaved order)
+        chunks = [self._build_chunk(config, part if v == vp - 1 else copy.deepcopy(part), whole, v, vp)
+                  for v in range(vp)]
+        # fp32 gradient buffers (megatron's main_grad): bf16 micro-batch gradients accumulate in fp32
+        ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+                                                   use_distributed_optimizer=self.distributed_optimizer)
+        models = [DistributedDataParallel(config=config, ddp_config=ddp_config, module=chunk) for chunk in chunks]
+        config.finalize_model_grads_func = finalize_model_grads
+        config.no_sync_func = [m.no_sync for m in models] if vp > 1 else models[0].no_sync
+        return chunks, models, params
+
+    def _build_chunk(self, config, part, whole: dict, v: int, vp: int):
+        """Virtual stage v * pp + pp_rank of the model: its nodd parts (embeddings on the first,
+        heads on the last), its layers in a TransformerBlock holding their converted weights."""
+        from pipeline.engines.megatron.backbone import build_block, recompute_layers
+        from pipeline.engines.megatron.convert import to_megatron
+        from pipeline.engines.megatron.stage import MegatronStage, VocabParallelHead
+        from pipeline.engines.native.pipelining import split_model
+
+        cfg, pcfg = self.cfg, self.pcfg
+        stages, index = pcfg.pp * vp, v * pcfg.pp + self.pp_rank
+        first, last = index == 0, index == stages - 1
+        per_chunk = cfg.model.depth // stages
+        split_model(part, index, stages)
         part.backbone = None
         if last and pcfg.tp > 1:
             head = VocabParallelHead(config, cfg.model.width, cfg.model.vocab_size, self.tp_rank, pcfg.tp)
             head.load_full(whole["lm_head.weight"])
             part.lm_head = head
-        block = build_block(config, cfg.model, cfg.megatron.core_attention, pre_process=first, post_process=last)
+        block = build_block(config, cfg.model, cfg.megatron.core_attention, pre_process=first, post_process=last,
+                            vp_stage=v if vp > 1 else None)
         if cfg.train.activation_checkpointing:
             recompute_layers(block)
-        block.load_state_dict(to_megatron(whole, self.first_layer, per_stage, self.tp_rank, pcfg.tp, final_norm=last),
+        block.load_state_dict(to_megatron(whole, index * per_chunk, per_chunk, self.tp_rank, pcfg.tp, final_norm=last),
                               strict=True)
-        stage = MegatronStage(config, part, block, first, last, cfg.megatron.core_attention)
-        stage.to(self.info.device)
+        chunk = MegatronStage(config, part, block, first, last, cfg.megatron.core_attention, first_layer=index * per_chunk)
+        chunk.to(self.info.device)
         if self.dtype != torch.float32:
             # bf16 parameters, as megatron's Float16Module makes them (`module.bfloat16()`), the
             # fp32 main copies held by the optimizer. Not Float16Module itself: it would prefix
             # every state-dict key with "module." and its input casts do not reach nodd's batch
             # (the model casts its inputs to the weights' dtype and its losses to fp32 itself).
-            for p in stage.parameters():
+            for p in chunk.parameters():
                 p.data = p.data.to(self.dtype)
-        # fp32 gradient buffers (megatron's main_grad): bf16 micro-batch gradients accumulate in fp32
-        ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-                                                   use_distributed_optimizer=self.distributed_optimizer)
-        model = DistributedDataParallel(config=config, ddp_config=ddp_config, module=stage)
-        config.finalize_model_grads_func = finalize_model_grads
-        config.no_sync_func = model.no_sync
-        return stage, model, params
+        return chunk
 
     def _build_optimizer(self):
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
@@ -146,7 +175,7 @@ class MegatronEngine(Engine):
         config = OptimizerConfig(optimizer="adam", lr=o.lr, weight_decay=o.weight_decay, adam_beta1=o.beta1,
                                  adam_beta2=o.beta2, adam_eps=1e-8, clip_grad=o.grad_clip, params_dtype=self.dtype,
                                  bf16=self.dtype == torch.bfloat16, use_distributed_optimizer=self.distributed_optimizer)
-        return get_megatron_optimizer(config, [self.model])
+        return get_megatron_optimizer(config, self.models)
 
     # ---- Engine interface -----------------------------------------------------------------------
     @property
@@ -166,7 +195,8 @@ class MegatronEngine(Engine):
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
             group["weight_decay"] = self.cfg.optim.weight_decay * group.get("wd_mult", 1.0)
-        self.model.zero_grad_buffer()
+        for model in self.models:
+            model.zero_grad_buffer()
         self.optimizer.zero_grad()
         outputs = []
 
@@ -178,14 +208,16 @@ class MegatronEngine(Engine):
         def forward_step(data_iterator, model):
             batch, seed = next(data_iterator)
             out = model(batch, seed)
-            if not self.stage.post_process:
+            if not model.module.post_process:
                 return out, None
             return out.loss, partial(loss_func, out)
 
         rows, seq_len = micro_batches[0].tokens.shape
         with cuda_to_cpu():
-            get_forward_backward_func()(forward_step_func=forward_step, data_iterator=iter(list(zip(micro_batches, seeds))),
-                                        model=[self.model], num_microbatches=len(micro_batches), seq_length=seq_len,
+            data = list(zip(micro_batches, seeds))  # every chunk reads every micro-batch (its masks, positions)
+            iterators = [iter(data) for _ in self.models] if len(self.models) > 1 else iter(data)
+            get_forward_backward_func()(forward_step_func=forward_step, data_iterator=iterators,
+                                        model=self.models, num_microbatches=len(micro_batches), seq_length=seq_len,
                                         micro_batch_size=rows, forward_only=False)
             _ok, grad_norm, _ = self.optimizer.step()
         values = [0.0] * len(LOSS_PARTS)
@@ -201,36 +233,46 @@ class MegatronEngine(Engine):
 
     def _layout(self) -> dict:
         return {"world": self.info.world, "tp": self.pcfg.tp, "pp": self.pcfg.pp, "dp": self.pcfg.dp,
-                "distributed_optimizer": self.distributed_optimizer, "precision": self.cfg.train.precision}
+                "distributed_optimizer": self.distributed_optimizer, "precision": self.cfg.train.precision,
+                "virtual_stages": self.cfg.megatron.virtual_stages}
 
     def save(self, folder: Path) -> None:
         from pipeline.engines.megatron.cpu_compat import cuda_to_cpu
         from pipeline.engines.megatron.state import save_state
 
         with cuda_to_cpu():
-            save_state(folder, self.info.rank, self.stage, self.optimizer, self._layout())
+            save_state(folder, self.info.rank, self.chunks, self.optimizer, self._layout())
 
     def load(self, folder: Path) -> None:
         from pipeline.engines.megatron.cpu_compat import cuda_to_cpu
         from pipeline.engines.megatron.state import load_state
 
         with cuda_to_cpu():
-            load_state(folder, self.info.rank, self.stage, self.optimizer, self._layout())
+            load_state(folder, self.info.rank, self.chunks, self.optimizer, self._layout())
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
-        """Whole tensors in MultimodalModel names: the tensor-parallel shards of this stage's
-        layers (and LM head) gathered, kept by the stage's first data- and tensor-parallel rank."""
+        """Whole tensors in MultimodalModel names: the tensor-parallel shards of this rank's
+        chunks' layers (and LM head) gathered, kept by the stage's first data- and
+        tensor-parallel rank."""
+        from megatron.core import parallel_state
+
+        from pipeline.engines.megatron.state import main_weights
+
+        keeps = parallel_state.get_data_parallel_rank() == 0 and self.tp_rank == 0
+        weights = {}
+        for chunk in self.chunks:
+            named = dict(chunk.named_parameters())
+            fp32 = dict(zip(named, main_weights(self.optimizer, list(named.values()))))  # bf16: the main weights
+            weights.update(self._chunk_weights(chunk, fp32))
+        return {k: v.to("cpu", copy=True) for k, v in weights.items()} if keeps else {}
+
+    def _chunk_weights(self, chunk, fp32: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         from megatron.core import parallel_state
 
         from pipeline.engines.megatron.convert import from_megatron
         from pipeline.engines.megatron.stage import VocabParallelHead
-        from pipeline.engines.megatron.state import main_weights
 
         tp_group = parallel_state.get_tensor_model_parallel_group()
-        keeps = parallel_state.get_data_parallel_rank() == 0 and self.tp_rank == 0
-
-        named = dict(self.stage.named_parameters())
-        fp32 = dict(zip(named, main_weights(self.optimizer, list(named.values()))))  # bf16: the main weights
 
         def gathered(name: str) -> list[torch.Tensor]:
             t = fp32[name]
@@ -240,7 +282,7 @@ class MegatronEngine(Engine):
             dist.all_gather(parts, t.contiguous(), group=tp_group)
             return parts
 
-        part = self.stage.part
+        part = chunk.part
         weights = {name.removeprefix("part."): t for name, t in fp32.items()
                    if name.startswith("part.") and not name.startswith("part.lm_head.")}
         if isinstance(part.lm_head, VocabParallelHead):
@@ -249,8 +291,8 @@ class MegatronEngine(Engine):
             weights["lm_head.weight"] = fp32["part.lm_head.weight"]
         block = {name.removeprefix("decoder."): gathered(name) for name in fp32 if name.startswith("decoder.")}
         shards = [{name: parts[r] for name, parts in block.items()} for r in range(self.pcfg.tp)]
-        weights.update(from_megatron(shards, self.first_layer, final_norm=self.stage.post_process))
-        return {k: v.to("cpu", copy=True) for k, v in weights.items()} if keeps else {}
+        weights.update(from_megatron(shards, chunk.first_layer, final_norm=chunk.post_process))
+        return weights
 
 
 def _join_process_group(info: DistInfo) -> None:

@@ -87,8 +87,9 @@ class StagePart(MultimodalModel):
 
 class MegatronStage(MegatronModule):
     def __init__(self, config: TransformerConfig, part: StagePart, block: TransformerBlock, pre_process: bool,
-                 post_process: bool, core_attention: CoreAttention):
+                 post_process: bool, core_attention: CoreAttention, first_layer: int = 0):
         super().__init__(config=config)
+        self.first_layer = first_layer  # the global index of the block's first layer
         self.model_type = ModelType.encoder_or_decoder  # what megatron's schedules ask every model chunk
         # finalize_model_grads asks; the embedding (first stage) and LM head (last) are never tied
         # across stages (ParallelConfig.check_model refuses tie_embeddings with pp > 1)

@@ -126,28 +126,31 @@ def set_optimizer_state(optimizer, p: torch.nn.Parameter, state: dict[str, torch
     main_param.copy_(main.flatten()[owned.start:owned.end])
 
 
-def _sharded(stage: torch.nn.Module, optimizer, loading: bool) -> tuple[dict, dict]:
-    """(what dist_checkpointing saves or loads, param name -> its optimizer-state keys). The
-    optimizer part is layout-free like the model's: each parameter's moments (and bf16 main
-    weights) as whole tensors under the parameter's own sharding, so tp / pp / dp and the
-    distributed optimizer may all change between save and load (megatron's own optimizer
-    formats tie a checkpoint to one optimizer class, and its fully_reshardable load drops the
-    torch-AdamW step counters, megatron-core 0.16.1)."""
+def _sharded(chunks: list[torch.nn.Module], optimizer, loading: bool) -> tuple[dict, list[dict]]:
+    """(what dist_checkpointing saves or loads, for each model chunk: param name -> its
+    optimizer-state keys). The optimizer part is layout-free like the model's: each parameter's
+    moments (and bf16 main weights) as whole tensors under the parameter's own sharding, so tp /
+    pp / dp, the virtual stages and the distributed optimizer may all change between save and
+    load (megatron's own optimizer formats tie a checkpoint to one optimizer class, and its
+    fully_reshardable load drops the torch-AdamW step counters, megatron-core 0.16.1). The
+    dictionary keys are this rank's; the checkpoint's keys are the entries' global ones."""
     from megatron.core.dist_checkpointing.dict_utils import nested_values
     from megatron.core.dist_checkpointing.optimizer import make_sharded_optimizer_tensor
 
-    model = stage.sharded_state_dict()
-    by_tensor = {id(entry.data): entry for entry in nested_values(model) if hasattr(entry, "data")}
-    entries, keys = {}, {}
-    for name, p in stage.named_parameters():
-        state = optimizer_state(optimizer, p)
-        if loading:
-            state = {k: torch.zeros_like(v) for k, v in state.items()}
-        keys[name] = {}
-        for k, tensor in state.items():
-            entries[f"{k}.{name}"] = make_sharded_optimizer_tensor(by_tensor[id(p)], tensor, prefix=f"optimizer.{k}")
-            keys[name][k] = f"{k}.{name}"
-    return {"model": model, "optimizer": entries, "step": _step(optimizer)}, keys
+    models = [chunk.sharded_state_dict() for chunk in chunks]
+    by_tensor = {id(entry.data): entry for entry in nested_values(models) if hasattr(entry, "data")}
+    entries, keys = {}, []
+    for v, chunk in enumerate(chunks):
+        keys.append({})
+        for name, p in chunk.named_parameters():
+            state = optimizer_state(optimizer, p)
+            if loading:
+                state = {k: torch.zeros_like(t) for k, t in state.items()}
+            keys[v][name] = {k: f"{k}.{v}.{name}" for k in state}
+            for k, tensor in state.items():
+                entries[keys[v][name][k]] = make_sharded_optimizer_tensor(by_tensor[id(p)], tensor,
+                                                                          prefix=f"optimizer.{k}")
+    return {"model": models, "optimizer": entries, "step": _step(optimizer)}, keys
 
 
 def _step(optimizer) -> float:
@@ -163,7 +166,7 @@ def _step(optimizer) -> float:
 
 
 @torch.no_grad()
-def save_state(folder: Path, rank: int, stage: torch.nn.Module, optimizer, layout: dict) -> None:
+def save_state(folder: Path, rank: int, chunks: list[torch.nn.Module], optimizer, layout: dict) -> None:
     import torch.distributed as dist
     from megatron.core import dist_checkpointing
 
@@ -172,11 +175,11 @@ def save_state(folder: Path, rank: int, stage: torch.nn.Module, optimizer, layou
         target.mkdir()
         (Path(folder) / LAYOUT_FILE).write_text(json.dumps({"format": FORMAT, **layout}, indent=2), encoding="utf-8")
     dist.barrier()
-    dist_checkpointing.save(_sharded(stage, optimizer, loading=False)[0], str(target))
+    dist_checkpointing.save(_sharded(chunks, optimizer, loading=False)[0], str(target))
 
 
 @torch.no_grad()  # megatron copies into views of its parameter buffers
-def load_state(folder: Path, rank: int, stage: torch.nn.Module, optimizer, layout: dict) -> None:
+def load_state(folder: Path, rank: int, chunks: list[torch.nn.Module], optimizer, layout: dict) -> None:
     from megatron.core import dist_checkpointing
 
     folder = Path(folder)
@@ -186,23 +189,25 @@ def load_state(folder: Path, rank: int, stage: torch.nn.Module, optimizer, layou
         raise DataError(f"{folder / LAYOUT_FILE} cannot be read ({exc}); delete {folder} to resume from the "
                         "checkpoint before it, or start a new run_dir") from None
     saved.setdefault("precision", "fp32")  # written before bf16 existed in this engine
+    saved.setdefault("virtual_stages", 1)  # and before the interleaved schedule
     if saved["precision"] != layout["precision"]:
         raise DataError(f"{folder} was trained in train.precision={saved['precision']} (precision "
                         f"{saved['precision']} -> {layout['precision']}); resume with that precision, or train a "
                         f"new run from its weights (train.init_from={folder / 'export'})")
     if saved.pop("format", 1) == 1:
-        _load_rank_files(folder, rank, stage, optimizer, saved, layout)
+        _load_rank_files(folder, rank, chunks[0], optimizer, saved, layout)  # one chunk then
         return
-    request, keys = _sharded(stage, optimizer, loading=True)
+    request, keys = _sharded(chunks, optimizer, loading=True)
     loaded = dist_checkpointing.load(request, str(folder / CHECKPOINT_DIR))
-    missing, unexpected = stage.load_state_dict(loaded["model"], strict=False)
-    tied = {"part.lm_head.weight"} if stage.part.cfg.tie_embeddings else set()
-    if unexpected or set(missing) - tied:
-        raise DataError(f"{folder / CHECKPOINT_DIR} does not match this model (missing {sorted(set(missing) - tied)}, "
-                        f"unexpected {sorted(unexpected)})")
-    for name, p in stage.named_parameters():
-        set_optimizer_state(optimizer, p, {k: loaded["optimizer"][key] for k, key in keys[name].items()},
-                            loaded["step"])
+    tied = {"part.lm_head.weight"} if chunks[0].part.cfg.tie_embeddings else set()
+    for v, chunk in enumerate(chunks):
+        missing, unexpected = chunk.load_state_dict(loaded["model"][v], strict=False)
+        if unexpected or set(missing) - tied:
+            raise DataError(f"{folder / CHECKPOINT_DIR} does not match this model (missing "
+                            f"{sorted(set(missing) - tied)}, unexpected {sorted(unexpected)})")
+        for name, p in chunk.named_parameters():
+            set_optimizer_state(optimizer, p, {k: loaded["optimizer"][key] for k, key in keys[v][name].items()},
+                                loaded["step"])
 
 
 def _own_step_counters(opt) -> None:

@@ -51,10 +51,11 @@ ROWS = [pytest.param(engine, *row, marks=pytest.mark.skipif(not installed(engine
 FOUR_PROCESS = {"tp2 x dp2", "pp2 x dp2", "tp2 x pp2"}  # one mode each: 4 processes are slow on 2 cores
 
 
-def run_layout(engine, layout, world, mode, tmp_path, model_options=None, precision="fp32") -> dict:
+def run_layout(engine, layout, world, mode, tmp_path, model_options=None, precision="fp32",
+               megatron_options=None) -> dict:
     out = tmp_path / "result.json"
-    mp.spawn(worker, args=(world, engine, layout, STEPS, mode, free_port(), str(out), model_options, precision),
-             nprocs=world, join=True)
+    mp.spawn(worker, args=(world, engine, layout, STEPS, mode, free_port(), str(out), model_options, precision,
+                           megatron_options), nprocs=world, join=True)
     return json.loads(out.read_text())
 
 
@@ -74,6 +75,22 @@ def test_layout_matches_one_process(engine, name, layout, world, mode, tmp_path)
         assert abs(a - b) < 1e-5, (got, expected)
     # the global gradient norm (what clipping scales by) adds up every mesh and stage correctly
     assert max(expected["grad_norms"]) > 1.0, "clipping (optim.grad_clip=1) must act in this test"
+    for a, b in zip(got["grad_norms"], expected["grad_norms"]):
+        assert abs(a - b) < 1e-4 * b, (got, expected)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not installed("megatron"), reason="megatron not installed")
+@pytest.mark.parametrize("mode", ["transfusion", "discrete"])
+def test_megatron_interleaved_pipeline_matches_one_process(mode, tmp_path):
+    """megatron's interleaved 1F1B: two model chunks per pipeline rank (rank 0 holds layers 0
+    and 2, rank 1 layers 1 and 3), so the embeddings and heads sit on different chunks."""
+    deep, pp2 = {"depth": 4}, {"pp": 2, "dp_shard": 1}
+    got = run_layout("megatron", pp2, 2, mode, tmp_path, deep, megatron_options={"virtual_stages": 2})
+    expected = reference(pp2, 2, STEPS, mode, deep)
+    assert got["losses"][-1] < got["losses"][0]
+    for a, b in zip(got["losses"], expected["losses"]):
+        assert abs(a - b) < 1e-5, (got, expected)
     for a, b in zip(got["grad_norms"], expected["grad_norms"]):
         assert abs(a - b) < 1e-4 * b, (got, expected)
 

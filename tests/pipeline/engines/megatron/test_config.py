@@ -40,3 +40,17 @@ def test_a_tied_head_cannot_be_split_by_vocabulary():
     with pytest.raises(ConfigError, match="tie_embeddings"):
         check_layout(cfg, 2)
     check_layout(megatron({"tp": 2, "dp_shard": 1}), 2)  # an odd vocabulary is fine: the head pads it
+
+
+@pytest.mark.parametrize("layout, world, settings, message", [
+    ({}, 1, {}, "needs parallel.pp > 1"),
+    ({"pp": 2, "dp_shard": 1}, 2, {}, r"model.depth=2 is not divisible by parallel.pp \* megatron.virtual_stages = 4"),
+    ({"pp": 2, "dp_shard": 1}, 2, {"model__depth": 4, "optim__grad_accum": 3}, "multiple of it"),
+])
+def test_interleaved_stages_it_cannot_cut_are_refused(layout, world, settings, message):
+    cfg = megatron(layout, megatron__virtual_stages=2, **settings)
+    with pytest.raises(ConfigError, match=message):
+        check_layout(cfg, world)
+    cfg.megatron.virtual_stages = 0
+    with pytest.raises(ConfigError, match="virtual_stages must be >= 1"):
+        cfg.megatron.validate()

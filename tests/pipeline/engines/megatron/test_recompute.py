@@ -20,7 +20,7 @@ def test_recomputed_layers_give_the_same_steps(megatron_one_process, core_attent
         cfg.train.activation_checkpointing = recompute
         engine = MegatronEngine(cfg, ONE)
         # a pre-hook: torch's checkpoint stops recomputing (mid-MLP) once it has every saved tensor
-        counted = engine.stage.decoder.layers[0].self_attention
+        counted = engine.chunks[0].decoder.layers[0].self_attention
         calls[recompute] = 0
 
         def count(*_, recompute=recompute):
