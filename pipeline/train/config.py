@@ -27,7 +27,7 @@ class OptimConfig:
     grad_clip: float = 1.0  # max global gradient norm (0 = off)
     grad_accum: int = 1  # micro-batches per optimizer step
     # > 0: keep an exponential moving average of the weights with this decay (e.g. 0.999); what
-    # sampling, eval and export/ use (pipeline/engines/native/ema.py). 0 = the raw weights.
+    # sampling, eval and export/ use (pipeline/engines/ema.py). 0 = the raw weights.
     ema_decay: float = 0.0
 
     def lr_at(self, step: int, total: int) -> float:

@@ -104,22 +104,32 @@ def reference(layout: dict, world: int, steps: int, mode: str, model_options: di
             "state_bytes": state_bytes(engine)}
 
 
-def worker(rank: int, world: int, engine_name: str, layout: dict, steps: int, mode: str, port: int,
-           out_path: str, model_options: dict | None = None, precision: str = "fp32",
-           megatron_options: dict | None = None) -> None:
+def _engine_in_process(rank: int, world: int, port: int, engine_name: str, cfg: TrainConfig):
+    """This spawned process joined to the gloo group (one thread), and the engine built on it."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from pipeline.distributed import exit_process, init_distributed
+    from pipeline.distributed import init_distributed
     from pipeline.engines.base import get_engine
 
-    info = init_distributed("cpu")
+    return get_engine(engine_name)(cfg, init_distributed("cpu"))
+
+
+def _steps(engine, first: int, last: int) -> list:
+    data = batches(engine.cfg.model, engine.dp_rank, last)
+    return [engine.train_step(data[step], [seed_of(step, m, engine.dp_rank) for m in range(MICRO)], LR)
+            for step in range(first, last)]
+
+
+def worker(rank: int, world: int, engine_name: str, layout: dict, steps: int, mode: str, port: int,
+           out_path: str, model_options: dict | None = None, precision: str = "fp32",
+           megatron_options: dict | None = None) -> None:
+    from pipeline.distributed import exit_process
+
     cfg = train_config(mode, layout, engine_name, model_options=model_options, precision=precision,
                        megatron_options=megatron_options)
-    engine = get_engine(engine_name)(cfg, info)
-    data = batches(cfg.model, engine.dp_rank, steps)
-    results = [engine.train_step(data[step], [seed_of(step, m, engine.dp_rank) for m in range(MICRO)], LR)
-               for step in range(steps)]
+    engine = _engine_in_process(rank, world, port, engine_name, cfg)
+    results = _steps(engine, 0, steps)
     if rank == 0:
         with open(out_path, "w", encoding="utf-8") as f:
             json.dump({"losses": [r.losses["loss"] for r in results], "grad_norms": [r.grad_norm for r in results],
@@ -132,22 +142,15 @@ def checkpoint_worker(rank: int, world: int, engine_name: str, layout: dict, ste
                       model_options: dict | None = None, megatron_options: dict | None = None) -> None:
     """Trains steps[0]..steps[1]-1 (loading `folder` first when steps[0] > 0), saves into `folder`
     when it started from scratch: two calls with two layouts = a run resumed on another layout."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    from pipeline.distributed import exit_process, init_distributed
-    from pipeline.engines.base import get_engine
+    from pipeline.distributed import exit_process
 
-    info = init_distributed("cpu")
     cfg = train_config(mode, layout, engine_name, precision=precision, model_options=model_options,
                        megatron_options=megatron_options)
-    engine = get_engine(engine_name)(cfg, info)
+    engine = _engine_in_process(rank, world, port, engine_name, cfg)
     first, last = steps
     if first:
         engine.load(folder)
-    data = batches(cfg.model, engine.dp_rank, last)
-    results = [engine.train_step(data[step], [seed_of(step, m, engine.dp_rank) for m in range(MICRO)], LR)
-               for step in range(first, last)]
+    results = _steps(engine, first, last)
     if not first:
         engine.save(folder)
     if rank == 0:

@@ -28,6 +28,7 @@ from core.errors import ConfigError
 from model.config import ModelConfig
 from pipeline.distributed import DistInfo
 from pipeline.engines.base import LOSS_PARTS, Engine, StepResult
+from pipeline.engines.ema import WeightAverage
 from pipeline.engines.native.precision import DTYPES
 from pipeline.engines.parallel import ParallelConfig
 from pipeline.export import weights_to_start_from
@@ -52,7 +53,7 @@ class MegatronEngine(Engine):
     @classmethod
     def check_settings(cls, cfg: TrainConfig) -> None:
         # Not built yet, refused rather than silently ignored (docs/engines.md, "What is missing")
-        missing = {"optim.ema_decay": cfg.optim.ema_decay > 0, "train.compile": cfg.train.compile}
+        missing = {"train.compile": cfg.train.compile}
         for setting, used in missing.items():
             if used:
                 raise ConfigError(f"{setting} is not implemented by train.engine=megatron yet; leave it at its "
@@ -72,6 +73,7 @@ class MegatronEngine(Engine):
         from megatron.core import parallel_state
 
         from pipeline.engines.megatron.cpu_compat import cuda_to_cpu, enable_if_no_gpu
+        from pipeline.engines.megatron.state import main_tensors
 
         self.cfg, self.info = cfg, dist_info
         self.check_settings(cfg)
@@ -100,6 +102,10 @@ class MegatronEngine(Engine):
         with cuda_to_cpu():
             self.chunks, self.models, self._matmul_params = self._build()
             self.optimizer = self._build_optimizer()
+        # optim.ema_decay: the average of the optimizer's fp32 main weights (this rank's slices of
+        # them under the distributed optimizer), what export/ then holds
+        self.average = (WeightAverage.over([(str(i), q) for i, q in enumerate(main_tensors(self.optimizer))],
+                                           cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None)
 
     # ---- build ----------------------------------------------------------------------------------
     def _build(self):
@@ -220,6 +226,8 @@ class MegatronEngine(Engine):
                                         model=self.models, num_microbatches=len(micro_batches), seq_length=seq_len,
                                         micro_batch_size=rows, forward_only=False)
             _ok, grad_norm, _ = self.optimizer.step()
+        if self.average is not None:
+            self.average.update()
         values = [0.0] * len(LOSS_PARTS)
         for parts in outputs:  # empty except on the last stage
             values = [v + parts[k] / len(micro_batches) for v, k in zip(values, LOSS_PARTS)]
@@ -241,14 +249,14 @@ class MegatronEngine(Engine):
         from pipeline.engines.megatron.state import save_state
 
         with cuda_to_cpu():
-            save_state(folder, self.info.rank, self.chunks, self.optimizer, self._layout())
+            save_state(folder, self.info.rank, self.chunks, self.optimizer, self._layout(), self.average)
 
     def load(self, folder: Path) -> None:
         from pipeline.engines.megatron.cpu_compat import cuda_to_cpu
         from pipeline.engines.megatron.state import load_state
 
         with cuda_to_cpu():
-            load_state(folder, self.info.rank, self.chunks, self.optimizer, self._layout())
+            load_state(folder, self.info.rank, self.chunks, self.optimizer, self._layout(), self.average)
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         """Whole tensors in MultimodalModel names: the tensor-parallel shards of this rank's
@@ -262,7 +270,8 @@ class MegatronEngine(Engine):
         weights = {}
         for chunk in self.chunks:
             named = dict(chunk.named_parameters())
-            fp32 = dict(zip(named, main_weights(self.optimizer, list(named.values()))))  # bf16: the main weights
+            # the fp32 main weights (not bf16's rounded copies), or their average under optim.ema_decay
+            fp32 = dict(zip(named, main_weights(self.optimizer, list(named.values()), self.average)))
             weights.update(self._chunk_weights(chunk, fp32))
         return {k: v.to("cpu", copy=True) for k, v in weights.items()} if keeps else {}
 

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from model.multimodal import MultimodalModel
 from pipeline.distributed import DistInfo
 from pipeline.engines.base import LOSS_PARTS, Engine, StepResult
-from pipeline.engines.native.ema import WeightAverage
+from pipeline.engines.ema import WeightAverage
 from pipeline.engines.native.materialize import init_plan, materialise, replay_construction_draws
 from pipeline.engines.native.optim import build_optimizer, clip_grad_norm
 from pipeline.engines.native.parallelize import build_mesh, parallelize, sync_partial_grads

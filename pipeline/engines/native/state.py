@@ -21,7 +21,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.optim import Optimizer
 
 from core.errors import DataError
-from pipeline.engines.native.ema import WeightAverage
+from pipeline.engines.ema import WeightAverage
 
 log = logging.getLogger(__name__)
 

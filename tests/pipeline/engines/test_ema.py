@@ -6,7 +6,7 @@ import logging
 import torch
 from support.train_helpers import config, losses
 
-from pipeline.engines.native.ema import WeightAverage
+from pipeline.engines.ema import WeightAverage
 from pipeline.export import read_export
 from pipeline.train.loop import train
 

@@ -28,8 +28,7 @@ def test_layouts_it_cannot_run_are_refused(layout, world, message):
 
 
 def test_settings_it_does_not_implement_are_refused_not_ignored():
-    for setting, key, value in [("ema_decay", "optim__ema_decay", 0.99),
-                                ("compile", "train__compile", True)]:
+    for setting, key, value in [("compile", "train__compile", True)]:
         with pytest.raises(ConfigError, match=setting):
             check_layout(megatron(**{key: value}), 1)
 

@@ -53,12 +53,16 @@ def test_tensor_parallel_run_resumes_exactly_exports_and_resumes_under_another_l
 
 
 @pytest.mark.slow
-def test_bf16_with_the_distributed_optimizer_resumes_exactly_and_exports_its_fp32_main_weights(tmp_path, shards):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9], ids=["main weights", "their average"])
+def test_bf16_with_the_distributed_optimizer_resumes_exactly_and_exports_its_fp32_main_weights(tmp_path, shards,
+                                                                                              ema_decay):
+    """With optim.ema_decay the export is the average of the main weights, each data-parallel rank
+    averaging its slice of them, checkpointed and resumed with the payload."""
     import torch
 
     from pipeline.export import read_export
 
-    bf16 = ["parallel.dp_shard=2", "train.precision=bf16"]
+    bf16 = ["parallel.dp_shard=2", "train.precision=bf16", f"optim.ema_decay={ema_decay}"]
     full, part = tmp_path / "full", tmp_path / "part"
     for run, args in [(full, ["train.steps=4"]), (part, ["train.steps=2"]), (part, ["train.steps=4", "--resume"])]:
         done = train(run, shards["kl"], *bf16, *args)
@@ -66,6 +70,7 @@ def test_bf16_with_the_distributed_optimizer_resumes_exactly_and_exports_its_fp3
     assert losses(part) == losses(full) and sorted(losses(full)) == [1, 2, 3, 4]
     layout = json.loads((full / "checkpoints" / "step-000004" / "megatron.json").read_text())
     assert layout["precision"] == "bf16" and layout["distributed_optimizer"] is True
+    assert layout["weight_average"] is (ema_decay > 0)
 
     weights, _ = read_export(full / "checkpoints" / "step-000004" / "export")
     resumed, _ = read_export(part / "checkpoints" / "step-000004" / "export")

@@ -2,9 +2,10 @@
 evaluation and export/ use, as in DiT, MAR and most diffusion training: the raw weights of one
 step differ from the next step's by a full learning-rate step, the average does not.
 
-The average lives next to the parameters in the same layout (a DTensor shard for an FSDP or
-tensor-parallel parameter, one pipeline stage's parameters on that stage), in fp32 whatever the
-compute precision, and is checkpointed with them, so a resumed run averages exactly as an
+Both engines use it. The average lives next to the parameters in the same layout (native: a
+DTensor shard for an FSDP or tensor-parallel parameter, one pipeline stage's parameters on that
+stage; megatron: the optimizer's fp32 main weights, a data-parallel slice of each under the
+distributed optimizer), in fp32 whatever the compute precision, and is checkpointed with them, so a resumed run averages exactly as an
 uninterrupted one. Its decay warms up as min(decay, (1 + n) / (10 + n)) after n updates, so the
 random initial weights are forgotten within the first steps rather than after 1 / (1 - decay).
 """
@@ -22,8 +23,18 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 class WeightAverage:
     def __init__(self, model: torch.nn.Module, decay: float):
+        self._start([(name, p) for name, p in model.named_parameters() if p.requires_grad], decay)
+
+    @classmethod
+    def over(cls, named: list[tuple[str, torch.Tensor]], decay: float) -> "WeightAverage":
+        """An average of any named tensors (the megatron engine: its optimizer's fp32 main weights,
+        shards of them under the distributed optimizer)."""
+        average = cls.__new__(cls)
+        average._start(named, decay)
+        return average
+
+    def _start(self, named: list[tuple[str, torch.Tensor]], decay: float) -> None:
         self.decay = decay
-        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self.names = [name for name, _ in named]
         self.params = [p for _, p in named]
         with torch.no_grad():
@@ -47,6 +58,12 @@ class WeightAverage:
         for a, p in zip(self.average, self.params):
             _local(a).copy_(_local(p))
         self.updates.zero_()
+
+    def of(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The average of one of the averaged tensors (by identity)."""
+        if not hasattr(self, "_by_id"):
+            self._by_id = {id(p): a for p, a in zip(self.params, self.average)}
+        return self._by_id[id(tensor)]
 
     def named_average(self) -> dict[str, torch.Tensor]:
         """Parameter name -> its average, in the parameter's layout."""
