@@ -15,7 +15,8 @@ interleaved rotary pairs. Three things are set on purpose:
   `attention_mask` argument, which SelfAttention hands through unread (NeMo's DiT passes its own
   data the same way). `"local"`: megatron's rotary and DotProductAttention on the dense mask
   (True = masked, the inverse of nodd's); it materialises (B, heads, T, T) scores, fine for tests
-  and short rows, not for long image sequences.
+  and short rows, not for long image sequences. `"te"`: Transformer Engine's DotProductAttention
+  on the same dense mask (GPU only; written, not run here).
 - The SwiGLU: pipeline/engines/megatron/swiglu.py's module, whose backward does not concatenate.
 
 For `"local"`, nodd's 3-axis rotary angles become megatron's rotary embedding: (T, B, 1, head_dim)
@@ -41,6 +42,7 @@ from megatron.core.transformer.torch_norm import WrappedTorchNorm
 from megatron.core.transformer.transformer_block import TransformerBlock, TransformerBlockSubmodules
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from core.errors import ConfigError
 from model.attention import AttentionContext, attend
 from model.config import ModelConfig
 from model.masks import dense_mask
@@ -99,8 +101,22 @@ def layer_spec(model: ModelConfig, core_attention: CoreAttention) -> ModuleSpec:
     attention.params = {**attention.params, "attn_mask_type": AttnMaskType.arbitrary}
     if core_attention == "nodd":
         attention.submodules.core_attention = NoddCoreAttention
+    elif core_attention == "te":  # GPU only, not run here (no device): check_transformer_engine first
+        from megatron.core.extensions.transformer_engine import TEDotProductAttention
+
+        attention.submodules.core_attention = TEDotProductAttention
     spec.submodules.mlp.submodules.activation_func = SwiGLU
     return spec
+
+
+def check_transformer_engine(core_attention: CoreAttention) -> None:
+    """core_attention="te" on a machine without Transformer Engine (megatron-core then puts mocks
+    in its TE classes): a ConfigError, raised where the engine builds, on the training node."""
+    from megatron.core.extensions.transformer_engine import HAVE_TE
+
+    if core_attention == "te" and not (HAVE_TE and torch.cuda.is_available()):
+        raise ConfigError("megatron.core_attention=te needs NVIDIA Transformer Engine and a GPU (pip install "
+                          "'transformer-engine[pytorch]'); use megatron.core_attention=nodd or local")
 
 
 def build_block(config: TransformerConfig, model: ModelConfig, core_attention: CoreAttention = "nodd", *,

@@ -8,7 +8,7 @@ from typing import Literal, get_args
 
 from core.errors import ConfigError
 
-CoreAttention = Literal["nodd", "local"]
+CoreAttention = Literal["nodd", "local", "te"]
 
 
 @dataclass
@@ -16,7 +16,9 @@ class MegatronConfig:
     """Fields:
         core_attention: "nodd" runs nodd's attention (SDPA per document on CPU, flex or flash-attn
             on GPU) inside megatron's SelfAttention; "local" runs megatron's DotProductAttention on
-            a dense (B, 1, T, T) mask, which materialises every score (short rows only).
+            a dense (B, 1, T, T) mask, which materialises every score (short rows only); "te" runs
+            NVIDIA Transformer Engine's DotProductAttention on that mask (`arbitrary` mask type:
+            TE's unfused path; GPU only, needs transformer-engine installed).
         distributed_optimizer: shard the optimizer state over the data-parallel ranks (megatron's
             distributed optimizer, ZeRO-1); false keeps a full copy on each. With one
             data-parallel rank it has nothing to shard and the plain optimizer runs.

@@ -75,8 +75,11 @@ class MegatronEngine(Engine):
         from pipeline.engines.megatron.cpu_compat import cuda_to_cpu, enable_if_no_gpu
         from pipeline.engines.megatron.state import main_tensors
 
+        from pipeline.engines.megatron.backbone import check_transformer_engine
+
         self.cfg, self.info = cfg, dist_info
         self.check_settings(cfg)
+        check_transformer_engine(cfg.megatron.core_attention)
         self.dtype = DTYPES[cfg.train.precision]
         self.pcfg = self.check(cfg.parallel, cfg.model, dist_info.world, cfg.optim.grad_accum)
         _join_process_group(dist_info)

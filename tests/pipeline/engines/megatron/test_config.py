@@ -53,3 +53,16 @@ def test_interleaved_stages_it_cannot_cut_are_refused(layout, world, settings, m
     cfg.megatron.virtual_stages = 0
     with pytest.raises(ConfigError, match="virtual_stages must be >= 1"):
         cfg.megatron.validate()
+
+
+def test_transformer_engine_attention_is_refused_where_it_is_not_installed(megatron_one_process):
+    import torch
+
+    from pipeline.distributed import DistInfo
+    from pipeline.engines.megatron.engine import MegatronEngine
+
+    cfg = megatron()
+    cfg.megatron.core_attention = "te"
+    check_layout(cfg, 1)  # a login node without TE may submit it: the training node decides
+    with pytest.raises(ConfigError, match="needs NVIDIA Transformer Engine and a GPU"):
+        MegatronEngine(cfg, DistInfo(0, 1, torch.device("cpu")))
