@@ -23,8 +23,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	@# A CPU machine takes the local CPU build of torch; a GPU machine lets pip pick its CUDA build.
 	@if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install --quiet "torch==2.13.0"; fi
-	@# megatron-core (2.6 MB, pure Python here) so that the megatron engine is tested everywhere
-	$(PY) -m pip install --quiet -e ".[dev,megatron]"
+	@# megatron-core (2.6 MB, pure Python here) and DeepSpeed (built from its source package, no
+	@# CUDA ops) so that both engines are tested everywhere
+	$(PY) -m pip install --quiet -e ".[dev,megatron,deepspeed]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -61,3 +61,18 @@ def exit_process(code: int = 0) -> None:
             sys.stderr.flush()
             os._exit(code)
     sys.exit(code)
+
+
+def join_single_process_group(info: DistInfo) -> None:
+    """megatron-core and DeepSpeed need torch.distributed even in one process: a one-rank group
+    (a file store, no port)."""
+    if dist.is_initialized():
+        return
+    if info.world > 1:
+        raise RuntimeError("init_distributed should have joined the process group")
+    import tempfile
+    from pathlib import Path
+
+    store = Path(tempfile.mkdtemp(prefix="nodd-group-")) / "store"
+    dist.init_process_group("nccl" if info.device.type == "cuda" else "gloo", init_method=f"file://{store}",
+                            rank=0, world_size=1)

@@ -9,6 +9,7 @@ from core.errors import ConfigError
 from core.schedule import warmup_cosine
 from model.config import ModelConfig
 from pipeline.data.config import DataConfig
+from pipeline.engines.deepspeed.config import DeepSpeedConfig
 from pipeline.engines.megatron.config import MegatronConfig
 from pipeline.engines.native.config import NativeConfig
 from pipeline.engines.parallel import ParallelConfig
@@ -76,3 +77,4 @@ class TrainConfig:
     train: LoopConfig = field(default_factory=LoopConfig)
     native: NativeConfig = field(default_factory=NativeConfig)  # read by train.engine="native" only
     megatron: MegatronConfig = field(default_factory=MegatronConfig)  # read by train.engine="megatron" only
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)  # read by train.engine="deepspeed" only

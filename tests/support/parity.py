@@ -48,11 +48,14 @@ def tiny_cfg(mode: str = "transfusion") -> ModelConfig:
 
 def train_config(mode: str, layout: dict, engine: str = "native", microbatches: int = MICRO,
                  model_options: dict | None = None, precision: str = "fp32",
-                 megatron_options: dict | None = None) -> TrainConfig:
+                 settings: dict | None = None) -> TrainConfig:
+    """`settings`: engine sections' fields by dotted name, e.g. {"megatron.virtual_stages": 2}."""
     model = dataclasses.replace(tiny_cfg(mode), **(model_options or {}))
     cfg = TrainConfig(model=model, parallel=ParallelConfig(**layout), optim=OptimConfig(lr=LR, grad_accum=microbatches),
                       train=LoopConfig(engine=engine, seed=0, precision=precision))
-    cfg.megatron = dataclasses.replace(cfg.megatron, **(megatron_options or {}))
+    for key, value in (settings or {}).items():
+        section, name = key.split(".")
+        setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **{name: value}))
     cfg.data.batch_rows, cfg.data.seq_len = ROWS, SEQ_LEN  # the pipeline schedule's fixed shapes
     return cfg
 
@@ -123,11 +126,11 @@ def _steps(engine, first: int, last: int) -> list:
 
 def worker(rank: int, world: int, engine_name: str, layout: dict, steps: int, mode: str, port: int,
            out_path: str, model_options: dict | None = None, precision: str = "fp32",
-           megatron_options: dict | None = None) -> None:
+           settings: dict | None = None) -> None:
     from pipeline.distributed import exit_process
 
     cfg = train_config(mode, layout, engine_name, model_options=model_options, precision=precision,
-                       megatron_options=megatron_options)
+                       settings=settings)
     engine = _engine_in_process(rank, world, port, engine_name, cfg)
     results = _steps(engine, 0, steps)
     if rank == 0:
@@ -139,13 +142,13 @@ def worker(rank: int, world: int, engine_name: str, layout: dict, steps: int, mo
 
 def checkpoint_worker(rank: int, world: int, engine_name: str, layout: dict, steps: tuple[int, int], mode: str,
                       port: int, folder: str, out_path: str, precision: str = "fp32",
-                      model_options: dict | None = None, megatron_options: dict | None = None) -> None:
+                      model_options: dict | None = None, settings: dict | None = None) -> None:
     """Trains steps[0]..steps[1]-1 (loading `folder` first when steps[0] > 0), saves into `folder`
     when it started from scratch: two calls with two layouts = a run resumed on another layout."""
     from pipeline.distributed import exit_process
 
     cfg = train_config(mode, layout, engine_name, precision=precision, model_options=model_options,
-                       megatron_options=megatron_options)
+                       settings=settings)
     engine = _engine_in_process(rank, world, port, engine_name, cfg)
     first, last = steps
     if first:

@@ -17,7 +17,6 @@ On a machine without a GPU, cpu_compat.py patches megatron-core's few CUDA calls
 from __future__ import annotations
 
 import copy
-import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch.distributed as dist
 
 from core.errors import ConfigError
 from model.config import ModelConfig
-from pipeline.distributed import DistInfo
+from pipeline.distributed import DistInfo, join_single_process_group
 from pipeline.engines.base import LOSS_PARTS, Engine, StepResult
 from pipeline.engines.ema import WeightAverage
 from pipeline.engines.native.precision import DTYPES
@@ -82,7 +81,7 @@ class MegatronEngine(Engine):
         check_transformer_engine(cfg.megatron.core_attention)
         self.dtype = DTYPES[cfg.train.precision]
         self.pcfg = self.check(cfg.parallel, cfg.model, dist_info.world, cfg.optim.grad_accum)
-        _join_process_group(dist_info)
+        join_single_process_group(dist_info)
         if parallel_state.model_parallel_is_initialized():
             parallel_state.destroy_model_parallel()
         vp = cfg.megatron.virtual_stages
@@ -305,14 +304,3 @@ class MegatronEngine(Engine):
         shards = [{name: parts[r] for name, parts in block.items()} for r in range(self.pcfg.tp)]
         weights.update(from_megatron(shards, chunk.first_layer, final_norm=chunk.post_process))
         return weights
-
-
-def _join_process_group(info: DistInfo) -> None:
-    """megatron-core needs torch.distributed even in one process: a one-rank group (file store)."""
-    if dist.is_initialized():
-        return
-    if info.world > 1:
-        raise RuntimeError("init_distributed should have joined the process group")
-    store = Path(tempfile.mkdtemp(prefix="nodd-megatron-")) / "store"
-    dist.init_process_group("nccl" if info.device.type == "cuda" else "gloo", init_method=f"file://{store}",
-                            rank=0, world_size=1)

@@ -45,29 +45,34 @@ LAYOUTS = {
         ("dp2 distributed optimizer", {"dp_shard": 2}, 2),
         ("tp2 x pp2", {"tp": 2, "pp": 2, "dp_shard": 1}, 4),
     ],
+    "deepspeed": [  # DeepSpeed's engine and ZeRO optimizers over the data-parallel ranks
+        ("zero1 dp2", {"dp_shard": 2}, 2, {"deepspeed.zero_stage": 1}),
+        ("zero2 dp2", {"dp_shard": 2}, 2, {"deepspeed.zero_stage": 2}),
+    ],
 }
-ROWS = [pytest.param(engine, *row, marks=pytest.mark.skipif(not installed(engine), reason=f"{engine} not installed"),
+ROWS = [pytest.param(engine, *row[:3], row[3] if len(row) > 3 else {},
+                     marks=pytest.mark.skipif(not installed(engine), reason=f"{engine} not installed"),
                      id=f"{engine}-{row[0]}") for engine, rows in LAYOUTS.items() for row in rows]
 FOUR_PROCESS = {"tp2 x dp2", "pp2 x dp2", "tp2 x pp2"}  # one mode each: 4 processes are slow on 2 cores
 
 
 def run_layout(engine, layout, world, mode, tmp_path, model_options=None, precision="fp32",
-               megatron_options=None) -> dict:
+               settings=None) -> dict:
     out = tmp_path / "result.json"
     mp.spawn(worker, args=(world, engine, layout, STEPS, mode, free_port(), str(out), model_options, precision,
-                           megatron_options), nprocs=world, join=True)
+                           settings), nprocs=world, join=True)
     return json.loads(out.read_text())
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["transfusion", "mar", "discrete"])
-@pytest.mark.parametrize("engine, name, layout, world", ROWS)
-def test_layout_matches_one_process(engine, name, layout, world, mode, tmp_path):
+@pytest.mark.parametrize("engine, name, layout, world, settings", ROWS)
+def test_layout_matches_one_process(engine, name, layout, world, settings, mode, tmp_path):
     if mode != "transfusion" and (name in FOUR_PROCESS or name == "pp2 gpipe"):
         pytest.skip("covered in transfusion mode; keeps the suite short on 2 cores")
     if mode == "discrete" and engine == "native":
         pytest.skip("the native engine's discrete mode is covered by the tied-embedding test below")
-    got = run_layout(engine, layout, world, mode, tmp_path)
+    got = run_layout(engine, layout, world, mode, tmp_path, settings=settings)
     expected = reference(layout, world, STEPS, mode)
     assert len(got["losses"]) == STEPS
     assert got["losses"][-1] < got["losses"][0]  # same batches and noise every step: it trains
@@ -86,7 +91,7 @@ def test_megatron_interleaved_pipeline_matches_one_process(mode, tmp_path):
     """megatron's interleaved 1F1B: two model chunks per pipeline rank (rank 0 holds layers 0
     and 2, rank 1 layers 1 and 3), so the embeddings and heads sit on different chunks."""
     deep, pp2 = {"depth": 4}, {"pp": 2, "dp_shard": 1}
-    got = run_layout("megatron", pp2, 2, mode, tmp_path, deep, megatron_options={"virtual_stages": 2})
+    got = run_layout("megatron", pp2, 2, mode, tmp_path, deep, settings={"megatron.virtual_stages": 2})
     expected = reference(pp2, 2, STEPS, mode, deep)
     assert got["losses"][-1] < got["losses"][0]
     for a, b in zip(got["losses"], expected["losses"]):
@@ -101,14 +106,15 @@ def test_megatron_interleaved_pipeline_matches_one_process(mode, tmp_path):
 # reduced over ranks, half-batches, megatron's kernels), so agreement to bf16's resolution rather
 # than to 1e-5. Measured: megatron within 2e-4 relative of native bf16 over these 3 steps.
 BF16_ROWS = {"native": ("fsdp2", "tp2", "pp2 1f1b"), "megatron": ("1 process", "tp2", "pp2 1f1b",
-                                                                  "dp2 distributed optimizer")}
+                                                                  "dp2 distributed optimizer"),
+             "deepspeed": ("zero1 dp2", "zero2 dp2")}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine, name, layout, world",
-                         [row for row in ROWS if row.values[1] in BF16_ROWS[row.values[0]]])
-def test_bf16_layout_matches_one_process_in_bf16(engine, name, layout, world, tmp_path):
-    got = run_layout(engine, layout, world, "transfusion", tmp_path, precision="bf16")["losses"]
+@pytest.mark.parametrize("engine, name, layout, world, settings",
+                         [row for row in ROWS if row.values[1] in BF16_ROWS.get(row.values[0], ())])
+def test_bf16_layout_matches_one_process_in_bf16(engine, name, layout, world, settings, tmp_path):
+    got = run_layout(engine, layout, world, "transfusion", tmp_path, precision="bf16", settings=settings)["losses"]
     expected = reference(layout, world, STEPS, "transfusion", precision="bf16")["losses"]
     fp32 = reference(layout, world, STEPS, "transfusion")["losses"]
     assert got[-1] < got[0]

@@ -15,7 +15,7 @@ from pipeline.engines.megatron.state import LAYOUT_FILE
 SAVED_AT, STEPS = 2, 4
 TP2, DP2, ONE = ({"tp": 2, "dp_shard": 1}, 2), ({"dp_shard": 2}, 2), ({}, 1)
 PP2 = ({"pp": 2, "dp_shard": 1}, 2)
-INTERLEAVED = {"virtual_stages": 2}  # two chunks per pipeline rank (4 layers)
+INTERLEAVED = {"megatron.virtual_stages": 2}  # two chunks per pipeline rank (4 layers)
 ROWS = [  # (saved under, resumed under, precision, megatron settings when saved)
     pytest.param(TP2, ONE, "fp32", {}, id="tp2 -> 1 process"),
     pytest.param(TP2, DP2, "fp32", {}, id="tp2 -> dp2 distributed optimizer"),
@@ -25,9 +25,9 @@ ROWS = [  # (saved under, resumed under, precision, megatron settings when saved
 ]
 
 
-def run(layout, world, steps, folder, out, precision, model, megatron_options):
+def run(layout, world, steps, folder, out, precision, model, settings):
     mp.spawn(checkpoint_worker, args=(world, "megatron", layout, steps, "transfusion", free_port(), str(folder),
-                                      str(out), precision, model, megatron_options), nprocs=world, join=True)
+                                      str(out), precision, model, settings), nprocs=world, join=True)
     return json.loads(out.read_text())["losses"]
 
 

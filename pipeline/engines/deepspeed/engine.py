@@ -1,0 +1,189 @@
+"""DeepSpeedEngine (train.engine = "deepspeed"): nodd's whole model under DeepSpeed's engine
+and ZeRO (stage 1, 2 or 3, optionally with the optimizer offloaded to the CPU), data parallel.
+
+Build: the one-process model's initial weights (the run seed; or train.init_from) -> the
+decay / no-decay AdamW groups -> `deepspeed.initialize` with a config written from nodd's own
+settings (micro-batches, clipping, precision: DeepSpeed's defaults differ, e.g. it clips at 1.0
+unless told). A step: for each micro-batch, forward through the engine, `engine.backward`
+(which divides by the accumulation steps, as the native engine divides by the micro-batch
+count), `engine.step` (a real optimizer step at the last micro-batch); the loss breakdown
+averaged over data-parallel ranks.
+
+Not built yet (refused before any process starts, see check/check_settings): DeepSpeed's
+pipeline engine, ZeRO-3 (nodd's heads are not yet called on every micro-batch), tensor
+parallelism, EMA, compile.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from core.errors import ConfigError, DataError
+from model.config import ModelConfig
+from model.multimodal import MultimodalModel
+from pipeline.distributed import DistInfo, join_single_process_group
+from pipeline.engines.base import LOSS_PARTS, Engine, StepResult
+from pipeline.engines.parallel import ParallelConfig
+from pipeline.export import weights_to_start_from
+from pipeline.train.config import TrainConfig
+from pipeline.train.metrics import matmul_params
+
+CHECKPOINT_DIR, TAG, LAYOUT_FILE = "deepspeed", "state", "deepspeed.json"
+
+
+class DeepSpeedEngine(Engine):
+    name = "deepspeed"
+
+    @classmethod
+    def check(cls, parallel: ParallelConfig, model: ModelConfig, world: int, microbatches: int) -> ParallelConfig:
+        resolved = super().check(parallel, model, world, microbatches)
+        if resolved.tp > 1:
+            raise ConfigError("train.engine=deepspeed has no tensor parallelism; set parallel.tp=1 (or use "
+                              "train.engine=native / megatron)")
+        if resolved.pp > 1:
+            raise ConfigError("train.engine=deepspeed runs data parallel (ZeRO) only so far; DeepSpeed's pipeline "
+                              "engine is not built yet: set parallel.pp=1")
+        return resolved
+
+    @classmethod
+    def check_settings(cls, cfg: TrainConfig) -> None:
+        ds = cfg.deepspeed
+        missing = {"optim.ema_decay": cfg.optim.ema_decay > 0, "train.compile": cfg.train.compile,
+                   "deepspeed.zero_stage=3": ds.zero_stage == 3}
+        for setting, used in missing.items():
+            if used:
+                raise ConfigError(f"{setting} is not implemented by train.engine=deepspeed yet; leave it at its "
+                                  "default or use train.engine=native")
+
+    def __init__(self, cfg: TrainConfig, dist_info: DistInfo):
+        import deepspeed
+
+        self.cfg, self.info = cfg, dist_info
+        self.check_settings(cfg)
+        self.pcfg = self.check(cfg.parallel, cfg.model, dist_info.world, cfg.optim.grad_accum)
+        join_single_process_group(dist_info)
+        deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False)
+        # The one-process model's initial weights (a CPU build under the run seed draws exactly
+        # what the native engine's meta build replays)
+        torch.manual_seed(cfg.train.seed)
+        model = MultimodalModel(cfg.model)
+        model.init_weights()
+        if cfg.train.init_from:
+            model.load_state_dict(weights_to_start_from(cfg.train.init_from, cfg.model))
+        self._matmul_params = matmul_params(model)
+        self.engine, *_ = deepspeed.initialize(model=model.to(dist_info.device), optimizer=_adamw(model, cfg),
+                                               config=ds_config(cfg, dist_info.world))
+        self.model = self.engine.module
+
+    @property
+    def dp_rank(self) -> int:
+        return self.info.rank  # every process is a data-parallel rank (no tp, no pp)
+
+    def train_step(self, micro_batches, seeds, lr) -> StepResult:
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+        totals = dict.fromkeys(LOSS_PARTS, 0.0)
+        for batch, seed in zip(micro_batches, seeds):
+            torch.manual_seed(seed)
+            out = self.engine(batch)
+            self.engine.backward(out.loss)  # scaled by 1 / gradient_accumulation_steps
+            self.engine.step()  # the optimizer steps at the last micro-batch only
+            for k, v in {"loss": out.loss.detach(), **out.losses}.items():
+                totals[k] += float(v) / len(micro_batches)
+        grad_norm = self.engine.get_global_grad_norm()
+        return StepResult(self._mean_over_dp(totals), float(grad_norm or 0.0))
+
+    def _mean_over_dp(self, totals: dict[str, float]) -> dict[str, float]:
+        if self.info.world == 1:
+            return totals
+        t = torch.tensor([totals[k] for k in LOSS_PARTS], dtype=torch.float64, device=self.info.device)
+        dist.all_reduce(t)
+        return dict(zip(LOSS_PARTS, (t / self.info.world).cpu().tolist()))
+
+    def _layout(self) -> dict:
+        return {"world": self.info.world, "zero_stage": self.cfg.deepspeed.zero_stage,
+                "precision": self.cfg.train.precision}
+
+    def save(self, folder: Path) -> None:
+        """DeepSpeed's own checkpoint (module, ZeRO optimizer partitions per rank) under
+        folder/deepspeed/, and the layout it needs to load (ZeRO partitions are tied to the
+        data-parallel size)."""
+        folder = Path(folder)
+        self.engine.save_checkpoint(str(folder / CHECKPOINT_DIR), tag=TAG)
+        if self.info.is_main:
+            (folder / LAYOUT_FILE).write_text(json.dumps(self._layout(), indent=2), encoding="utf-8")
+
+    def load(self, folder: Path) -> None:
+        folder = Path(folder)
+        try:
+            saved = json.loads((folder / LAYOUT_FILE).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"{folder / LAYOUT_FILE} cannot be read ({exc}); delete {folder} to resume from the "
+                            "checkpoint before it, or start a new run_dir") from None
+        layout = self._layout()
+        if saved != layout:
+            differs = ", ".join(f"{k} {saved.get(k)} -> {v}" for k, v in layout.items() if saved.get(k) != v)
+            raise DataError(f"{folder} was written by the deepspeed engine under another layout ({differs}); its ZeRO "
+                            "partitions resume only on the layout that wrote them. Resume with that layout, or train a "
+                            f"new run from its weights (train.init_from={folder / 'export'})")
+        path, _ = self.engine.load_checkpoint(str(folder / CHECKPOINT_DIR), tag=TAG, load_optimizer_states=True,
+                                              load_lr_scheduler_states=False)
+        if path is None:
+            raise DataError(f"{folder / CHECKPOINT_DIR} holds no DeepSpeed checkpoint; delete {folder} to resume from "
+                            "the checkpoint before it")
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        """The fp32 weights (in bf16: ZeRO's fp32 master copies, not the rounded bf16 ones), whole,
+        kept by rank 0."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        weights = {}
+        for name, param in self.model.named_parameters():
+            full = safe_get_full_fp32_param(param)
+            if self.info.is_main:
+                weights[name] = (full if full is not None else param).detach().float().to("cpu", copy=True)
+        return weights
+
+
+def _adamw(model: MultimodalModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The native engine's AdamW groups (weight decay on matrices only). With the optimizer
+    offloaded, DeepSpeed's CPU Adam (a compiled op) takes the same groups."""
+    o = cfg.optim
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.deepspeed.offload_optimizer:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=1e-8, adamw_mode=True)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=1e-8, foreach=False)
+
+
+def ds_config(cfg: TrainConfig, world: int) -> dict:
+    """DeepSpeed's config from nodd's: one packed batch per micro-step, every value nodd sets
+    itself written out (DeepSpeed's defaults differ: gradient_clipping 1.0, bf16 gradients)."""
+    ds = cfg.deepspeed
+    zero = {"stage": ds.zero_stage}
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if ds.zero_stage == 3:
+        zero["stage3_param_persistence_threshold"] = ds.param_persistence_threshold
+    config = {
+        "train_micro_batch_size_per_gpu": 1,  # one packed batch (data.batch_rows rows) per micro-step
+        "gradient_accumulation_steps": cfg.optim.grad_accum,
+        "train_batch_size": cfg.optim.grad_accum * world,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,  # torch's AdamW, with nodd's groups
+        "steps_per_print": 2 ** 31 - 1,  # nodd logs its own metrics
+        "wall_clock_breakdown": False,
+    }
+    if cfg.train.precision == "bf16":
+        # bf16 parameters and compute, fp32 master weights; gradients accumulate in fp32
+        config["bf16"] = {"enabled": True}
+        config["data_types"] = {"grad_accum_dtype": "fp32"}
+    return config
