@@ -17,6 +17,7 @@ parallelism, EMA, compile.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -58,6 +59,10 @@ class DeepSpeedEngine(Engine):
             if used:
                 raise ConfigError(f"{setting} is not implemented by train.engine=deepspeed yet; leave it at its "
                                   "default or use train.engine=native")
+        if ds.offload_optimizer and not _cpu_adam_builds():
+            raise ConfigError("deepspeed.offload_optimizer=true needs DeepSpeed's CPU Adam op, which cannot be built "
+                              "here (it compiles with a C++ compiler at first use: install g++ / build-essential), "
+                              "or set deepspeed.offload_optimizer=false")
 
     def __init__(self, cfg: TrainConfig, dist_info: DistInfo):
         import deepspeed
@@ -66,6 +71,8 @@ class DeepSpeedEngine(Engine):
         self.check_settings(cfg)
         self.pcfg = self.check(cfg.parallel, cfg.model, dist_info.world, cfg.optim.grad_accum)
         join_single_process_group(dist_info)
+        for var, value in {"RANK": dist_info.rank, "LOCAL_RANK": 0, "WORLD_SIZE": dist_info.world}.items():
+            os.environ.setdefault(var, str(value))  # what DeepSpeed reads, set by torchrun when there is one
         deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False)
         # The one-process model's initial weights (a CPU build under the run seed draws exactly
         # what the native engine's meta build replays)
@@ -147,6 +154,13 @@ class DeepSpeedEngine(Engine):
             if self.info.is_main:
                 weights[name] = (full if full is not None else param).detach().float().to("cpu", copy=True)
         return weights
+
+
+def _cpu_adam_builds() -> bool:
+    """Whether DeepSpeed's CPU Adam op (the offloaded optimizer) can be built on this machine."""
+    from deepspeed.accelerator import get_accelerator
+
+    return bool(get_accelerator().create_op_builder("CPUAdamBuilder").is_compatible())
 
 
 def _adamw(model: MultimodalModel, cfg: TrainConfig) -> torch.optim.Optimizer:

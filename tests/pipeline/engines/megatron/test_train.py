@@ -3,27 +3,15 @@ an odd vocabulary on the split LM head), exact resume, an export that evaluates,
 resumes under another layout, and one that refuses another precision with a message."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from support.train_helpers import losses
+from support.train_helpers import cli_train, losses
 
 from pipeline.evaluate import evaluate
 
-ROOT = Path(__file__).resolve().parents[4]
-TINY = ["data.seq_len=256", "data.batch_rows=2", "model.width=32", "model.depth=2", "model.heads=4",
-        "model.latent_size=8", "model.attention=sdpa", "optim.warmup_steps=2", "train.log_every=1",
-        "train.checkpoint_every=2", "train.engine=megatron"]
-
 
 def train(run, shards, *args, nproc=2):
-    command = [sys.executable, "-m", "pipeline.cli", "train", "--nproc", str(nproc), f"run_dir={run}",
-               f"data.shards={shards}", *TINY, *args]
-    return subprocess.run(command, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
-                          timeout=300)
+    return cli_train(run, shards, "train.engine=megatron", *args, nproc=nproc)
 
 
 @pytest.mark.slow

@@ -1,0 +1,42 @@
+"""train.engine=deepspeed refuses what it cannot run before any process starts, in one line."""
+
+import pytest
+from support.parity import train_config
+
+from core.errors import ConfigError
+from pipeline.engines.base import check_layout
+
+
+def deepspeed(layout=None, **settings):
+    cfg = train_config("transfusion", layout or {}, "deepspeed")
+    for key, value in settings.items():
+        section, name = key.split("__")
+        setattr(getattr(cfg, section), name, value)
+    return cfg
+
+
+@pytest.mark.parametrize("layout, world, settings, message", [
+    ({"tp": 2, "dp_shard": 1}, 2, {}, "no tensor parallelism"),
+    ({"pp": 2, "dp_shard": 1}, 2, {}, "pipeline engine is not built yet"),
+    ({"dp_shard": 2}, 2, {"deepspeed__zero_stage": 3}, "zero_stage=3 is not implemented"),
+    ({}, 1, {"optim__ema_decay": 0.99}, "ema_decay is not implemented"),
+    ({}, 1, {"train__compile": True}, "compile is not implemented"),
+])
+def test_what_it_cannot_run_is_refused(layout, world, settings, message):
+    with pytest.raises(ConfigError, match=message):
+        check_layout(deepspeed(layout, **settings), world)
+
+
+def test_its_section_is_checked():
+    cfg = deepspeed(deepspeed__zero_stage=4)
+    with pytest.raises(ConfigError, match="zero_stage must be 1, 2 or 3"):
+        cfg.deepspeed.validate()
+    check_layout(deepspeed({"dp_shard": 2}, deepspeed__zero_stage=1), 2)
+
+
+def test_offload_without_the_op_it_needs_is_refused(monkeypatch):
+    from pipeline.engines.deepspeed import engine
+
+    monkeypatch.setattr(engine, "_cpu_adam_builds", lambda: False)
+    with pytest.raises(ConfigError, match="needs DeepSpeed's CPU Adam op"):
+        check_layout(deepspeed({"dp_shard": 2}, deepspeed__offload_optimizer=True), 2)
