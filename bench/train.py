@@ -1,10 +1,10 @@
 """Benchmark: training throughput on 1 vs 2 processes (DP and TP), the loader against it, the
 step with and without the next batches packed in a background thread (data.prefetch), and the
-megatron engine against the native engine at the same layouts.
+megatron and DeepSpeed engines against the native engine at the same layouts.
 
     make demo                                  (once: it leaves runs/demo/shards/shapes)
     unshare -n sh -c 'ip link set lo up && .venv/bin/python bench/train.py'
-    ... bench/train.py --megatron-only         (the megatron rows and their native counterparts)
+    ... bench/train.py --engine megatron       (one engine's rows and their native counterparts)
 
 Each layout runs the real `nodd train` (configs/train/shapes.toml, the demo's model) for
 `--steps` steps, `--rounds` times, alternating layouts so the machine's drift hits all alike;
@@ -13,8 +13,9 @@ same shards and settings: packed tokens/s it can produce, against what the faste
 consumes (target: at least 10x, so the loader is never the bottleneck). The layouts marked
 "background packing" run with data.prefetch=2: the next 2 steps' batches are packed in a thread
 while a step computes; the others pack inside the step (data.prefetch's CPU default). The
-"megatron" rows run train.engine=megatron (target on CPU: >= 0.8x the native engine's tokens/s at
-the same layout: the same math on the same cores).
+"megatron" and "deepspeed" rows run train.engine=megatron / deepspeed (target on CPU: >= 0.8x the
+native engine's tokens/s at the same layout: the same math on the same cores). ZeRO-1 and ZeRO-2
+are compared with whole replicas (each rank computes the whole model, as they do).
 """
 
 from __future__ import annotations
@@ -50,14 +51,18 @@ LAYOUTS = {
 
 
 MEGATRON = ["train.engine=megatron"]
-# megatron row -> the native row of the same layout
+# engine row -> the native row of the same layout
 COUNTERPARTS = {
     "megatron, 1 process": "1 process",
     "megatron, 2 processes, DP (distributed optimizer)": "2 processes, replicas (dp_replicate=2)",
     "megatron, 2 processes, TP (tp=2)": "2 processes, TP (tp=2)",
     "megatron, 2 processes, PP (pp=2, 1F1B)": "2 processes, PP (pp=2, 1F1B)",
+    "deepspeed, 2 processes, ZeRO-1": "2 processes, replicas (dp_replicate=2)",
+    "deepspeed, 2 processes, ZeRO-2": "2 processes, replicas (dp_replicate=2)",
 }
 LAYOUTS.update({
+    "deepspeed, 2 processes, ZeRO-1": (2, ["parallel.dp_shard=2", "train.engine=deepspeed", "deepspeed.zero_stage=1"]),
+    "deepspeed, 2 processes, ZeRO-2": (2, ["parallel.dp_shard=2", "train.engine=deepspeed", "deepspeed.zero_stage=2"]),
     "megatron, 1 process": (1, MEGATRON),
     "megatron, 2 processes, DP (distributed optimizer)": (2, ["parallel.dp_shard=2", *MEGATRON]),
     "megatron, 2 processes, TP (tp=2)": (2, [*LAYOUTS["2 processes, TP (tp=2)"][1], *MEGATRON]),
@@ -102,12 +107,13 @@ def main() -> None:
     parser.add_argument("--shards", default=str(ROOT / "runs/demo/shards/shapes"))
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--megatron-only", action="store_true",
-                        help="only the megatron rows and the native rows they are compared with")
+    parser.add_argument("--engine", choices=["megatron", "deepspeed"],
+                        help="only this engine's rows and the native rows they are compared with")
     args = parser.parse_args()
     layouts = LAYOUTS
-    if args.megatron_only:
-        layouts = {k: v for k, v in LAYOUTS.items() if k in COUNTERPARTS or k in COUNTERPARTS.values()}
+    if args.engine:
+        rows = {k: v for k, v in COUNTERPARTS.items() if k.startswith(args.engine)}
+        layouts = {k: v for k, v in LAYOUTS.items() if k in rows or k in rows.values()}
     if not (Path(args.shards) / "manifest.json").is_file():
         raise SystemExit(f"no shards at {args.shards}: run `make demo` first (or pass --shards)")
     loader_tps, efficiency = loader_tokens_per_s(args.shards, 200)
@@ -126,9 +132,10 @@ def main() -> None:
         peaks = "/".join(f"{m:.2f}" for m in memory[name])  # CPU: the process's peak RSS, runtime included
         runs = ", ".join(f"{v:,.0f}" for v in values)
         print(f"{name:44} {median:>10,.0f} {median / base:>12.2f}x  {peaks:>18}  {runs}")
-    for megatron, native in COUNTERPARTS.items():
-        ratio = statistics.median(results[megatron]) / statistics.median(results[native])
-        print(f"{megatron}: {ratio:.2f}x the native engine's {native} (target >= 0.8x)")
+    for row, native in COUNTERPARTS.items():
+        if row in results:
+            ratio = statistics.median(results[row]) / statistics.median(results[native])
+            print(f"{row}: {ratio:.2f}x the native engine's {native} (target >= 0.8x)")
     for without, with_thread in (("1 process", "1 process, background packing"),
                                  ("2 processes, replicas (dp_replicate=2)", "2 processes, replicas, background packing")):
         if with_thread not in results:
