@@ -48,12 +48,14 @@ LAYOUTS = {
     "deepspeed": [  # DeepSpeed's engine and ZeRO optimizers over the data-parallel ranks
         ("zero1 dp2", {"dp_shard": 2}, 2, {"deepspeed.zero_stage": 1}),
         ("zero2 dp2", {"dp_shard": 2}, 2, {"deepspeed.zero_stage": 2}),
+        ("zero2 offload dp2", {"dp_shard": 2}, 2, {"deepspeed.zero_stage": 2, "deepspeed.offload_optimizer": True}),
     ],
 }
 ROWS = [pytest.param(engine, *row[:3], row[3] if len(row) > 3 else {},
                      marks=pytest.mark.skipif(not installed(engine), reason=f"{engine} not installed"),
                      id=f"{engine}-{row[0]}") for engine, rows in LAYOUTS.items() for row in rows]
 FOUR_PROCESS = {"tp2 x dp2", "pp2 x dp2", "tp2 x pp2"}  # one mode each: 4 processes are slow on 2 cores
+ONE_MODE = FOUR_PROCESS | {"pp2 gpipe", "zero2 offload dp2"}  # covered in transfusion mode: keeps the suite short
 
 
 def run_layout(engine, layout, world, mode, tmp_path, model_options=None, precision="fp32",
@@ -68,7 +70,7 @@ def run_layout(engine, layout, world, mode, tmp_path, model_options=None, precis
 @pytest.mark.parametrize("mode", ["transfusion", "mar", "discrete"])
 @pytest.mark.parametrize("engine, name, layout, world, settings", ROWS)
 def test_layout_matches_one_process(engine, name, layout, world, settings, mode, tmp_path):
-    if mode != "transfusion" and (name in FOUR_PROCESS or name == "pp2 gpipe"):
+    if mode != "transfusion" and name in ONE_MODE:
         pytest.skip("covered in transfusion mode; keeps the suite short on 2 cores")
     if mode == "discrete" and engine == "native":
         pytest.skip("the native engine's discrete mode is covered by the tied-embedding test below")
