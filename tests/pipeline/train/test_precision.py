@@ -18,7 +18,20 @@ STEPS, WINDOW = 300, 50
 WINDOW_TOLERANCE, FINAL_TOLERANCE = 0.03, 0.02
 
 
+def bf16_is_emulated() -> bool:
+    """A CPU without bf16 instructions (avx2 only) multiplies bf16 some 60x slower than fp32."""
+    import torch
+
+    from pipeline.train.metrics import measure_peak_flops
+
+    cpu = torch.device("cpu")
+    return measure_peak_flops(cpu, torch.bfloat16, max_size=512) < 0.25 * measure_peak_flops(cpu, torch.float32, max_size=512)
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(bf16_is_emulated(), reason="bf16 is emulated on this CPU (no avx512_bf16 / AMX): 300 demo-model "
+                    "steps would take about 20 minutes; the bf16 parity and resume tests still run, and hosts with "
+                    "bf16 instructions run this one")
 def test_bf16_loss_curve_tracks_fp32_over_300_steps_of_the_demo_model(tmp_path, shards):
     curves = {}
     for precision in ("fp32", "bf16"):
