@@ -109,3 +109,18 @@ def read_meta(checkpoint: Path) -> dict[str, Any]:
         raise DataError(f"{checkpoint} is checkpoint format {meta['format_version']}, newer than this nodd reads "
                         f"({FORMAT_VERSION}); upgrade nodd")
     return meta
+
+
+def read_layout_file(path: Path) -> dict[str, Any]:
+    """An engine's layout record inside a checkpoint (megatron.json, deepspeed.json), or a
+    DataError saying what to do."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path} cannot be read ({exc}); delete {Path(path).parent} to resume from the checkpoint "
+                        "before it, or start a new run_dir") from None
+
+
+def layout_changes(saved: dict[str, Any], layout: dict[str, Any]) -> str:
+    """"key old -> new" for each setting of `layout` that differs from `saved`."""
+    return ", ".join(f"{k} {saved.get(k)} -> {v}" for k, v in layout.items() if saved.get(k) != v)

@@ -60,6 +60,15 @@ def train_config(mode: str, layout: dict, engine: str = "native", microbatches: 
     return cfg
 
 
+def with_settings(engine: str, layout: dict | None = None, **settings) -> TrainConfig:
+    """A tiny transfusion config for `engine` with fields set by section__name (optim__ema_decay=0.9)."""
+    cfg = train_config("transfusion", layout or {}, engine)
+    for key, value in settings.items():
+        section, name = key.split("__")
+        setattr(getattr(cfg, section), name, value)
+    return cfg
+
+
 def batches(cfg: ModelConfig, dp_rank: int, steps: int) -> list[list]:
     """MICRO packed batches of fixed shape (ROWS, SEQ_LEN), as the training loader makes, the same
     ones every step (so the loss must fall: the run visibly trains)."""

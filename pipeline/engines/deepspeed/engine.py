@@ -30,6 +30,7 @@ from pipeline.distributed import DistInfo, join_single_process_group
 from pipeline.engines.base import LOSS_PARTS, Engine, StepResult
 from pipeline.engines.parallel import ParallelConfig
 from pipeline.export import weights_to_start_from
+from pipeline.train.checkpoint import layout_changes, read_layout_file
 from pipeline.train.config import TrainConfig
 from pipeline.train.metrics import matmul_params
 
@@ -126,14 +127,9 @@ class DeepSpeedEngine(Engine):
 
     def load(self, folder: Path) -> None:
         folder = Path(folder)
-        try:
-            saved = json.loads((folder / LAYOUT_FILE).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DataError(f"{folder / LAYOUT_FILE} cannot be read ({exc}); delete {folder} to resume from the "
-                            "checkpoint before it, or start a new run_dir") from None
-        layout = self._layout()
+        saved, layout = read_layout_file(folder / LAYOUT_FILE), self._layout()
         if saved != layout:
-            differs = ", ".join(f"{k} {saved.get(k)} -> {v}" for k, v in layout.items() if saved.get(k) != v)
+            differs = layout_changes(saved, layout)
             raise DataError(f"{folder} was written by the deepspeed engine under another layout ({differs}); its ZeRO "
                             "partitions resume only on the layout that wrote them. Resume with that layout, or train a "
                             f"new run from its weights (train.init_from={folder / 'export'})")

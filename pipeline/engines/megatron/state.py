@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from core.errors import DataError
+from pipeline.train.checkpoint import layout_changes, read_layout_file
 
 log = logging.getLogger(__name__)
 LAYOUT_FILE = "megatron.json"
@@ -217,11 +218,7 @@ def load_state(folder: Path, rank: int, chunks: list[torch.nn.Module], optimizer
     from megatron.core import dist_checkpointing
 
     folder = Path(folder)
-    try:
-        saved = json.loads((folder / LAYOUT_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{folder / LAYOUT_FILE} cannot be read ({exc}); delete {folder} to resume from the "
-                        "checkpoint before it, or start a new run_dir") from None
+    saved = read_layout_file(folder / LAYOUT_FILE)
     saved.setdefault("precision", "fp32")  # written before bf16 existed in this engine
     saved.setdefault("virtual_stages", 1)  # and before the interleaved schedule
     saved_average = saved.pop("weight_average", False)
@@ -273,7 +270,7 @@ def _load_rank_files(folder: Path, rank: int, stage: torch.nn.Module, optimizer,
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
     if saved != layout:
-        differs = ", ".join(f"{k} {saved.get(k)} -> {layout.get(k)}" for k in layout if saved.get(k) != layout.get(k))
+        differs = layout_changes(saved, layout)
         raise DataError(f"{folder} was written by an older nodd (megatron payload format 1) under another layout "
                         f"({differs}); it resumes only on the layout that wrote it. Resume with that layout, or "
                         f"train a new run from its weights (train.init_from={folder / 'export'})")

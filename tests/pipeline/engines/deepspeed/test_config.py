@@ -1,18 +1,14 @@
 """train.engine=deepspeed refuses what it cannot run before any process starts, in one line."""
 
 import pytest
-from support.parity import train_config
+from support.parity import with_settings
 
 from core.errors import ConfigError
 from pipeline.engines.base import check_layout
 
 
 def deepspeed(layout=None, **settings):
-    cfg = train_config("transfusion", layout or {}, "deepspeed")
-    for key, value in settings.items():
-        section, name = key.split("__")
-        setattr(getattr(cfg, section), name, value)
-    return cfg
+    return with_settings("deepspeed", layout, **settings)
 
 
 @pytest.mark.parametrize("layout, world, settings, message", [

@@ -3,18 +3,14 @@
 import dataclasses
 
 import pytest
-from support.parity import tiny_cfg, train_config
+from support.parity import tiny_cfg, with_settings
 
 from core.errors import ConfigError
 from pipeline.engines.base import check_layout
 
 
-def megatron(layout=None, **train):
-    cfg = train_config("transfusion", layout or {}, "megatron")
-    for key, value in train.items():
-        section, name = key.split("__")
-        setattr(getattr(cfg, section), name, value)
-    return cfg
+def megatron(layout=None, **settings):
+    return with_settings("megatron", layout, **settings)
 
 
 @pytest.mark.parametrize("layout, world, message", [
