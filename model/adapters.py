@@ -52,7 +52,11 @@ class GridEmbedding(nn.Module):
 
 
 def _grid_groups(span_grid: torch.Tensor):
-    """Yield (token slice start, end, grid) per span, in batch order."""
+    """Yield (token slice start, end, grid) per span, in batch order; no spans yield one empty
+    group (a zero-row call still runs the convs: see MultimodalModel's `idle`)."""
+    if not len(span_grid):
+        yield 0, 0, (0, 1, 1)
+        return
     start = 0
     for t, h, w in span_grid.tolist():
         end = start + t * h * w

@@ -156,7 +156,10 @@ class MultimodalModel(nn.Module):
             coords = pb.grid_coordinates(batch.positions, batch.span_ids)
         queries = next_grid_queries(batch, coords) if self.position_query is not None else None
         h = self.embed(batch.tokens, batch.modality, inputs, batch.span_grid, batch.times, queries, coords)
-        return h + untouched(self.latent_in, self.time_embed, self.position_query, self.patch_position)
+        if inputs is None or not inputs.numel():  # no latents: the adapters still run, on zero rows
+            no_grid = batch.span_grid[:0]
+            h = h + idle(self.latent_in, h.new_zeros(0, self.cfg.patch_dim), no_grid) + idle(self.time_embed, h.new_zeros(0))
+        return h
 
     def batch_context(self, batch: pb.PackedBatch) -> AttentionContext:
         return self.context(batch.segment_ids, batch.span_ids, batch.positions)
@@ -182,7 +185,7 @@ class MultimodalModel(nn.Module):
             parts["image"], counts["image"] = self._mar_loss(h, batch, zero)
         text_sel = (kinds == pb.TEXT_LOSS) | (kinds == pb.UNDERSTANDING_LOSS)
         text_loss = token_ce[text_sel].mean() if bool(text_sel.any()) else zero
-        loss = text_loss + cfg.image_loss_weight * parts["image"] + untouched(self.latent_out, self.mar_head)
+        loss = text_loss + cfg.image_loss_weight * parts["image"]
         return StepOutput(loss, {k: v.detach() for k, v in parts.items()}, counts)
 
     def token_cross_entropy(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -192,7 +195,7 @@ class MultimodalModel(nn.Module):
 
     def _flow_loss(self, h, batch, velocity_target, zero):
         if velocity_target is None or not bool(batch.latent_loss.any()):
-            return zero, 0
+            return zero + idle(self.latent_out, h[0, :0], batch.span_grid[:0]), 0
         predicted = self.latent_out(h[batch.latent_mask], batch.span_grid).float()
         err = (predicted - velocity_target.float()).pow(2).mean(-1)  # (N,)
         return err[batch.latent_loss].mean(), int(batch.latent_loss.sum())
@@ -200,7 +203,8 @@ class MultimodalModel(nn.Module):
     def _mar_loss(self, h, batch, zero):
         sources = batch.target_kind == pb.IMAGE_LOSS  # positions whose next token is a generated latent
         if batch.latents is None or not bool(sources.any()):
-            return zero, 0
+            d = self.cfg.patch_dim
+            return zero + idle(self.mar_head, h.new_zeros(0, d), h.new_zeros(0), h[0, :0]), 0
         full = torch.zeros(*batch.tokens.shape, batch.latents.shape[-1], dtype=batch.latents.dtype,
                            device=batch.latents.device)
         full[batch.latent_mask] = batch.latents
@@ -217,17 +221,17 @@ class MultimodalModel(nn.Module):
         return (self.mar_head(x_t, t, z).float() - target).pow(2).mean()
 
 
-def untouched(*modules: nn.Module | None) -> torch.Tensor | float:
-    """0 x the sum of these modules' parameters: a batch without images (or without generated
-    ones) leaves the adapters or image heads out of the graph, and FSDP and DDP expect a gradient
-    for every parameter on every rank (FSDP2's reduce-scatter otherwise mismatches in size and
-    the job dies). Adding zero gives each one an exact zero gradient."""
-    total = 0.0
-    for module in modules:
-        if module is not None:
-            for p in module.parameters():
-                total = total + p.sum() * 0.0
-    return total
+def idle(module: nn.Module | None, *inputs: torch.Tensor) -> torch.Tensor | float:
+    """0 x the module's output on zero rows. A batch without images (or without generated ones)
+    would leave the adapters or image heads out of the graph, yet every engine needs each module
+    run on every rank, every micro-batch: FSDP and DDP expect a gradient for every parameter
+    (FSDP2's reduce-scatter otherwise mismatches in size and the job dies), and ZeRO-3 gathers a
+    module's parameters when it is called (a rank that skips it hangs the others). The module
+    runs, its parameters get exact zero gradients, nothing else reads them (a partitioned ZeRO-3
+    parameter holds no values outside its module's forward)."""
+    if module is None:
+        return 0.0
+    return module(*inputs).sum() * 0.0
 
 
 def next_grid_queries(batch: pb.PackedBatch, coords: torch.Tensor) -> torch.Tensor:

@@ -100,6 +100,29 @@ def test_every_parameter_gets_a_gradient_even_from_a_batch_without_images(mode):
     assert all(float(p.grad.abs().sum()) == 0 for p in model.latent_in.parameters())
 
 
+@pytest.mark.parametrize("overrides", [
+    {"mode": "transfusion", "conv_adapter": True, "adapter_channels": 16, "patch_size": 2, "patch_positions": True},
+    {"mode": "mar", "mar_order": "random"},
+    {"mode": "discrete"},
+])
+@pytest.mark.parametrize("kind", ["text", "understand"])
+def test_every_module_runs_on_every_batch(overrides, kind):
+    """ZeRO-3 gathers a module's parameters when it is called: each rank must call every module
+    every micro-batch, a batch without images (or, understanding only, without generated ones)
+    included, or the other ranks hang."""
+    cfg = tiny_config(**overrides)
+    model = tiny_model(cfg)
+    called = set()
+    for name, module in model.named_modules():
+        if any(True for _ in module.parameters(recurse=False)):
+            module.register_forward_pre_hook(lambda m, args, name=name: called.add(name))
+    image = [doc for doc in documents(cfg) if doc.task == "understand"][0]
+    docs = [image if kind == "understand" else Document("text", [5, 6, 7, 8]), Document("text", [9, 10])]
+    model(packer(cfg).pack(docs)).loss.backward()
+    owners = {n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
+    assert owners - called == set()
+
+
 def test_patch_positions_tell_identical_patches_apart():
     """The same latent at every patch of an image embeds identically without patch_positions
     (rotary positions act later, in attention) and differently, place by place, with them."""

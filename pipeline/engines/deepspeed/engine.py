@@ -9,9 +9,12 @@ unless told). A step: for each micro-batch, forward through the engine, `engine.
 count), `engine.step` (a real optimizer step at the last micro-batch); the loss breakdown
 averaged over data-parallel ranks.
 
+ZeRO-3 gathers each module's parameters when the module is called: MultimodalModel calls every
+module on every micro-batch (on zero rows where a batch has no image; model/multimodal.py `idle`),
+so no rank waits on a gather another skipped.
+
 Not built yet (refused before any process starts, see check/check_settings): DeepSpeed's
-pipeline engine, ZeRO-3 (nodd's heads are not yet called on every micro-batch), tensor
-parallelism, EMA, compile.
+pipeline engine, tensor parallelism, EMA, compile.
 """
 
 from __future__ import annotations
@@ -54,8 +57,7 @@ class DeepSpeedEngine(Engine):
     @classmethod
     def check_settings(cls, cfg: TrainConfig) -> None:
         ds = cfg.deepspeed
-        missing = {"optim.ema_decay": cfg.optim.ema_decay > 0, "train.compile": cfg.train.compile,
-                   "deepspeed.zero_stage=3": ds.zero_stage == 3}
+        missing = {"optim.ema_decay": cfg.optim.ema_decay > 0, "train.compile": cfg.train.compile}
         for setting, used in missing.items():
             if used:
                 raise ConfigError(f"{setting} is not implemented by train.engine=deepspeed yet; leave it at its "
@@ -82,6 +84,7 @@ class DeepSpeedEngine(Engine):
         model.init_weights()
         if cfg.train.init_from:
             model.load_state_dict(weights_to_start_from(cfg.train.init_from, cfg.model))
+        model.backbone.checkpoint_blocks = cfg.train.activation_checkpointing  # torch's non-reentrant recompute
         self._matmul_params = matmul_params(model)
         self.engine, *_ = deepspeed.initialize(model=model.to(dist_info.device), optimizer=_adamw(model, cfg),
                                                config=ds_config(cfg, dist_info.world))
@@ -182,6 +185,8 @@ def ds_config(cfg: TrainConfig, world: int) -> dict:
         zero["offload_optimizer"] = {"device": "cpu"}
     if ds.zero_stage == 3:
         zero["stage3_param_persistence_threshold"] = ds.param_persistence_threshold
+        if ds.offload_params:
+            zero["offload_param"] = {"device": "cpu"}
     config = {
         "train_micro_batch_size_per_gpu": 1,  # one packed batch (data.batch_rows rows) per micro-step
         "gradient_accumulation_steps": cfg.optim.grad_accum,

@@ -49,13 +49,18 @@ LAYOUTS = {
         ("zero1 dp2", {"dp_shard": 2}, 2, {"deepspeed.zero_stage": 1}),
         ("zero2 dp2", {"dp_shard": 2}, 2, {"deepspeed.zero_stage": 2}),
         ("zero2 offload dp2", {"dp_shard": 2}, 2, {"deepspeed.zero_stage": 2, "deepspeed.offload_optimizer": True}),
+        # every parameter partitioned (threshold 0): a module one rank skipped would hang the test
+        ("zero3 dp2", {"dp_shard": 2}, 2, {"deepspeed.zero_stage": 3, "deepspeed.param_persistence_threshold": 0}),
+        ("zero3 offload dp2", {"dp_shard": 2}, 2, {"deepspeed.zero_stage": 3, "deepspeed.param_persistence_threshold": 0,
+                                                    "deepspeed.offload_optimizer": True,
+                                                    "deepspeed.offload_params": True}),
     ],
 }
 ROWS = [pytest.param(engine, *row[:3], row[3] if len(row) > 3 else {},
                      marks=pytest.mark.skipif(not installed(engine), reason=f"{engine} not installed"),
                      id=f"{engine}-{row[0]}") for engine, rows in LAYOUTS.items() for row in rows]
 FOUR_PROCESS = {"tp2 x dp2", "pp2 x dp2", "tp2 x pp2"}  # one mode each: 4 processes are slow on 2 cores
-ONE_MODE = FOUR_PROCESS | {"pp2 gpipe", "zero2 offload dp2"}  # covered in transfusion mode: keeps the suite short
+ONE_MODE = FOUR_PROCESS | {"pp2 gpipe", "zero2 offload dp2", "zero3 offload dp2"}  # covered in transfusion mode: keeps the suite short
 
 
 def run_layout(engine, layout, world, mode, tmp_path, model_options=None, precision="fp32",

@@ -14,7 +14,6 @@ def deepspeed(layout=None, **settings):
 @pytest.mark.parametrize("layout, world, settings, message", [
     ({"tp": 2, "dp_shard": 1}, 2, {}, "no tensor parallelism"),
     ({"pp": 2, "dp_shard": 1}, 2, {}, "pipeline engine is not built yet"),
-    ({"dp_shard": 2}, 2, {"deepspeed__zero_stage": 3}, "zero_stage=3 is not implemented"),
     ({}, 1, {"optim__ema_decay": 0.99}, "ema_decay is not implemented"),
     ({}, 1, {"train__compile": True}, "compile is not implemented"),
 ])
@@ -27,6 +26,8 @@ def test_its_section_is_checked():
     cfg = deepspeed(deepspeed__zero_stage=4)
     with pytest.raises(ConfigError, match="zero_stage must be 1, 2 or 3"):
         cfg.deepspeed.validate()
+    with pytest.raises(ConfigError, match="offload_params=true needs deepspeed.zero_stage=3"):
+        deepspeed(deepspeed__zero_stage=2, deepspeed__offload_params=True).deepspeed.validate()
     check_layout(deepspeed({"dp_shard": 2}, deepspeed__zero_stage=1), 2)
 
 
