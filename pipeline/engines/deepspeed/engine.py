@@ -13,8 +13,11 @@ ZeRO-3 gathers each module's parameters when the module is called: MultimodalMod
 module on every micro-batch (on zero rows where a batch has no image; model/multimodal.py `idle`),
 so no rank waits on a gather another skipped.
 
-Not built yet (refused before any process starts, see check/check_settings): DeepSpeed's
-pipeline engine, tensor parallelism, EMA, compile.
+parallel.pp > 1: DeepSpeed's PipelineEngine (its 1F1B schedule) over nodd's layers (pipe.py),
+ZeRO-1 at most (DeepSpeed's rule), data parallel across pipelines.
+
+Not built yet (refused before any process starts, see check/check_settings): tensor
+parallelism, EMA, compile.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from model.config import ModelConfig
 from model.multimodal import MultimodalModel
 from pipeline.distributed import DistInfo, join_single_process_group
 from pipeline.engines.base import LOSS_PARTS, Engine, StepResult
+from pipeline.engines.deepspeed.pipe import Feed, nodd_named_parameters, pipeline_module
 from pipeline.engines.parallel import ParallelConfig
 from pipeline.export import weights_to_start_from
 from pipeline.train.checkpoint import layout_changes, read_layout_file
@@ -49,9 +53,9 @@ class DeepSpeedEngine(Engine):
         if resolved.tp > 1:
             raise ConfigError("train.engine=deepspeed has no tensor parallelism; set parallel.tp=1 (or use "
                               "train.engine=native / megatron)")
-        if resolved.pp > 1:
-            raise ConfigError("train.engine=deepspeed runs data parallel (ZeRO) only so far; DeepSpeed's pipeline "
-                              "engine is not built yet: set parallel.pp=1")
+        if resolved.pp > 1 and resolved.pp_schedule != "1f1b":
+            raise ConfigError(f"parallel.pp_schedule={resolved.pp_schedule} is not DeepSpeed's: its pipeline engine "
+                              "runs its own 1F1B schedule; set parallel.pp_schedule=1f1b (or train.engine=native)")
         return resolved
 
     @classmethod
@@ -62,6 +66,10 @@ class DeepSpeedEngine(Engine):
             if used:
                 raise ConfigError(f"{setting} is not implemented by train.engine=deepspeed yet; leave it at its "
                                   "default or use train.engine=native")
+        if cfg.parallel.pp > 1 and ds.zero_stage > 1:
+            raise ConfigError(f"deepspeed.zero_stage={ds.zero_stage} cannot run with parallel.pp={cfg.parallel.pp}: "
+                              "DeepSpeed's pipeline engine allows ZeRO stage 1 at most; set deepspeed.zero_stage=1 "
+                              "(or parallel.pp=1)")
         if ds.offload_optimizer and not _cpu_adam_builds():
             raise ConfigError("deepspeed.offload_optimizer=true needs DeepSpeed's CPU Adam op, which cannot be built "
                               "here (it compiles with a C++ compiler at first use: install g++ / build-essential), "
@@ -84,19 +92,30 @@ class DeepSpeedEngine(Engine):
         model.init_weights()
         if cfg.train.init_from:
             model.load_state_dict(weights_to_start_from(cfg.train.init_from, cfg.model))
-        model.backbone.checkpoint_blocks = cfg.train.activation_checkpointing  # torch's non-reentrant recompute
         self._matmul_params = matmul_params(model)
-        self.engine, *_ = deepspeed.initialize(model=model.to(dist_info.device), optimizer=_adamw(model, cfg),
-                                               config=ds_config(cfg, dist_info.world))
+        recompute = cfg.train.activation_checkpointing  # torch's non-reentrant recompute of each block
+        self.feed = None
+        if self.pcfg.pp > 1:  # DeepSpeed's pipeline engine over nodd's layers (pipe.py)
+            self.feed = Feed()
+            module = pipeline_module(model, self.pcfg.pp, self.feed, recompute)
+        else:
+            model.backbone.checkpoint_blocks = recompute
+            module = model
+        self.engine, *_ = deepspeed.initialize(model=module.to(dist_info.device), optimizer=_adamw(module, cfg),
+                                               config=ds_config(cfg, self.pcfg.dp))
         self.model = self.engine.module
 
     @property
     def dp_rank(self) -> int:
-        return self.info.rank  # every process is a data-parallel rank (no tp, no pp)
+        if self.feed is None:
+            return self.info.rank  # every process is a data-parallel rank (no tp, no pp)
+        return self.engine.grid.get_data_parallel_id()
 
     def train_step(self, micro_batches, seeds, lr) -> StepResult:
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
+        if self.feed is not None:
+            return self._pipeline_step(micro_batches, seeds)
         totals = dict.fromkeys(LOSS_PARTS, 0.0)
         for batch, seed in zip(micro_batches, seeds):
             torch.manual_seed(seed)
@@ -108,15 +127,29 @@ class DeepSpeedEngine(Engine):
         grad_norm = self.engine.get_global_grad_norm()
         return StepResult(self._mean_over_dp(totals), float(grad_norm or 0.0))
 
+    def _pipeline_step(self, micro_batches, seeds) -> StepResult:
+        """One train_batch of DeepSpeed's pipeline schedule; only the last stage holds losses
+        (the other stages add zeros to the mean over data-parallel ranks)."""
+        self.feed.start(micro_batches, seeds)
+        self.engine.train_batch(data_iter=iter(self.feed.indices()))
+        totals = dict.fromkeys(LOSS_PARTS, 0.0)
+        for out in self.feed.outputs:  # empty except on the last stage
+            for k, v in {"loss": out.loss.detach(), **out.losses}.items():
+                totals[k] += float(v) / len(micro_batches)
+        self.feed.start([], [])
+        return StepResult(self._mean_over_dp(totals), float(self.engine.get_global_grad_norm() or 0.0))
+
     def _mean_over_dp(self, totals: dict[str, float]) -> dict[str, float]:
+        """The loss breakdown averaged over data-parallel ranks (summed over the world: with a
+        pipeline, only the last stage's ranks hold non-zero values)."""
         if self.info.world == 1:
             return totals
         t = torch.tensor([totals[k] for k in LOSS_PARTS], dtype=torch.float64, device=self.info.device)
         dist.all_reduce(t)
-        return dict(zip(LOSS_PARTS, (t / self.info.world).cpu().tolist()))
+        return dict(zip(LOSS_PARTS, (t / self.pcfg.dp).cpu().tolist()))
 
     def _layout(self) -> dict:
-        return {"world": self.info.world, "zero_stage": self.cfg.deepspeed.zero_stage,
+        return {"world": self.info.world, "pp": self.pcfg.pp, "zero_stage": self.cfg.deepspeed.zero_stage,
                 "precision": self.cfg.train.precision}
 
     def save(self, folder: Path) -> None:
@@ -130,7 +163,7 @@ class DeepSpeedEngine(Engine):
 
     def load(self, folder: Path) -> None:
         folder = Path(folder)
-        saved, layout = read_layout_file(folder / LAYOUT_FILE), self._layout()
+        saved, layout = {"pp": 1} | read_layout_file(folder / LAYOUT_FILE), self._layout()  # pp: since pipelines
         if saved != layout:
             differs = layout_changes(saved, layout)
             raise DataError(f"{folder} was written by the deepspeed engine under another layout ({differs}); its ZeRO "
@@ -144,13 +177,15 @@ class DeepSpeedEngine(Engine):
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         """The fp32 weights (in bf16: ZeRO's fp32 master copies, not the rounded bf16 ones), whole,
-        kept by rank 0."""
+        kept by rank 0 (with a pipeline: each stage's by its first data-parallel rank)."""
         from deepspeed.utils import safe_get_full_fp32_param
 
+        named = self.model.named_parameters() if self.feed is None else nodd_named_parameters(self.model)
+        keeps = self.info.is_main if self.feed is None else self.engine.grid.get_data_parallel_id() == 0
         weights = {}
-        for name, param in self.model.named_parameters():
+        for name, param in named:  # a collective over the data-parallel ranks (of this stage)
             full = safe_get_full_fp32_param(param)
-            if self.info.is_main:
+            if keeps:
                 weights[name] = (full if full is not None else param).detach().float().to("cpu", copy=True)
         return weights
 
@@ -162,7 +197,7 @@ def _cpu_adam_builds() -> bool:
     return bool(get_accelerator().create_op_builder("CPUAdamBuilder").is_compatible())
 
 
-def _adamw(model: MultimodalModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+def _adamw(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """The native engine's AdamW groups (weight decay on matrices only). With the optimizer
     offloaded, DeepSpeed's CPU Adam (a compiled op) takes the same groups."""
     o = cfg.optim
@@ -176,7 +211,7 @@ def _adamw(model: MultimodalModel, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=1e-8, foreach=False)
 
 
-def ds_config(cfg: TrainConfig, world: int) -> dict:
+def ds_config(cfg: TrainConfig, dp: int) -> dict:
     """DeepSpeed's config from nodd's: one packed batch per micro-step, every value nodd sets
     itself written out (DeepSpeed's defaults differ: gradient_clipping 1.0, bf16 gradients)."""
     ds = cfg.deepspeed
@@ -190,7 +225,7 @@ def ds_config(cfg: TrainConfig, world: int) -> dict:
     config = {
         "train_micro_batch_size_per_gpu": 1,  # one packed batch (data.batch_rows rows) per micro-step
         "gradient_accumulation_steps": cfg.optim.grad_accum,
-        "train_batch_size": cfg.optim.grad_accum * world,
+        "train_batch_size": cfg.optim.grad_accum * dp,
         "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,  # torch's AdamW, with nodd's groups

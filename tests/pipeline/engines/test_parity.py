@@ -54,12 +54,14 @@ LAYOUTS = {
         ("zero3 offload dp2", {"dp_shard": 2}, 2, {"deepspeed.zero_stage": 3, "deepspeed.param_persistence_threshold": 0,
                                                     "deepspeed.offload_optimizer": True,
                                                     "deepspeed.offload_params": True}),
+        ("pp2 zero1", {"pp": 2, "dp_shard": 1}, 2, {"deepspeed.zero_stage": 1}),  # DeepSpeed's pipeline engine
+        ("pp2 x dp2 zero1", {"pp": 2, "dp_shard": 2}, 4, {"deepspeed.zero_stage": 1}),
     ],
 }
 ROWS = [pytest.param(engine, *row[:3], row[3] if len(row) > 3 else {},
                      marks=pytest.mark.skipif(not installed(engine), reason=f"{engine} not installed"),
                      id=f"{engine}-{row[0]}") for engine, rows in LAYOUTS.items() for row in rows]
-FOUR_PROCESS = {"tp2 x dp2", "pp2 x dp2", "tp2 x pp2"}  # one mode each: 4 processes are slow on 2 cores
+FOUR_PROCESS = {"tp2 x dp2", "pp2 x dp2", "tp2 x pp2", "pp2 x dp2 zero1"}  # one mode each: 4 processes are slow on 2 cores
 ONE_MODE = FOUR_PROCESS | {"pp2 gpipe", "zero2 offload dp2", "zero3 offload dp2"}  # covered in transfusion mode: keeps the suite short
 
 
@@ -114,7 +116,7 @@ def test_megatron_interleaved_pipeline_matches_one_process(mode, tmp_path):
 # than to 1e-5. Measured: megatron within 2e-4 relative of native bf16 over these 3 steps.
 BF16_ROWS = {"native": ("fsdp2", "tp2", "pp2 1f1b"), "megatron": ("1 process", "tp2", "pp2 1f1b",
                                                                   "dp2 distributed optimizer"),
-             "deepspeed": ("zero1 dp2", "zero2 dp2")}
+             "deepspeed": ("zero1 dp2", "zero2 dp2", "zero3 dp2", "pp2 zero1")}
 
 
 @pytest.mark.slow

@@ -13,7 +13,10 @@ def deepspeed(layout=None, **settings):
 
 @pytest.mark.parametrize("layout, world, settings, message", [
     ({"tp": 2, "dp_shard": 1}, 2, {}, "no tensor parallelism"),
-    ({"pp": 2, "dp_shard": 1}, 2, {}, "pipeline engine is not built yet"),
+    ({"pp": 2, "dp_shard": 1}, 2, {}, "allows ZeRO stage 1 at most"),  # the default zero_stage is 2
+    ({"pp": 2, "dp_shard": 1}, 2, {"deepspeed__zero_stage": 3}, "allows ZeRO stage 1 at most"),
+    ({"pp": 2, "dp_shard": 1, "pp_schedule": "gpipe"}, 2, {"deepspeed__zero_stage": 1}, "its own 1F1B"),
+    ({"pp": 2, "dp_shard": -1}, 3, {"deepspeed__zero_stage": 1}, "not divisible"),
     ({}, 1, {"optim__ema_decay": 0.99}, "ema_decay is not implemented"),
     ({}, 1, {"train__compile": True}, "compile is not implemented"),
 ])
@@ -29,6 +32,7 @@ def test_its_section_is_checked():
     with pytest.raises(ConfigError, match="offload_params=true needs deepspeed.zero_stage=3"):
         deepspeed(deepspeed__zero_stage=2, deepspeed__offload_params=True).deepspeed.validate()
     check_layout(deepspeed({"dp_shard": 2}, deepspeed__zero_stage=1), 2)
+    check_layout(deepspeed({"pp": 2, "dp_shard": 2}, deepspeed__zero_stage=1), 4)
 
 
 def test_offload_without_the_op_it_needs_is_refused(monkeypatch):
