@@ -59,10 +59,21 @@ COUNTERPARTS = {
     "megatron, 2 processes, PP (pp=2, 1F1B)": "2 processes, PP (pp=2, 1F1B)",
     "deepspeed, 2 processes, ZeRO-1": "2 processes, replicas (dp_replicate=2)",
     "deepspeed, 2 processes, ZeRO-2": "2 processes, replicas (dp_replicate=2)",
+    "deepspeed, 2 processes, ZeRO-3": "2 processes, FSDP (dp_shard=2)",
+    "deepspeed, 2 processes, ZeRO-2 + optimizer offload": "2 processes, replicas (dp_replicate=2)",
+    "deepspeed, 2 processes, PP (pp=2, ZeRO-1)": "2 processes, PP (pp=2, 1F1B)",
 }
+DEEPSPEED = ["train.engine=deepspeed"]
 LAYOUTS.update({
-    "deepspeed, 2 processes, ZeRO-1": (2, ["parallel.dp_shard=2", "train.engine=deepspeed", "deepspeed.zero_stage=1"]),
-    "deepspeed, 2 processes, ZeRO-2": (2, ["parallel.dp_shard=2", "train.engine=deepspeed", "deepspeed.zero_stage=2"]),
+    **{f"deepspeed, 2 processes, ZeRO-{stage}": (2, ["parallel.dp_shard=2", *DEEPSPEED, f"deepspeed.zero_stage={stage}"])
+       for stage in (1, 2)},
+    # every parameter partitioned (the default threshold keeps the demo model's small ones whole)
+    "deepspeed, 2 processes, ZeRO-3": (2, ["parallel.dp_shard=2", *DEEPSPEED, "deepspeed.zero_stage=3",
+                                           "deepspeed.param_persistence_threshold=0"]),
+    "deepspeed, 2 processes, ZeRO-2 + optimizer offload": (2, ["parallel.dp_shard=2", *DEEPSPEED, "deepspeed.zero_stage=2",
+                                                              "deepspeed.offload_optimizer=true"]),
+    "deepspeed, 2 processes, PP (pp=2, ZeRO-1)": (2, [*LAYOUTS["2 processes, PP (pp=2, 1F1B)"][1], *DEEPSPEED,
+                                                     "deepspeed.zero_stage=1"]),
     "megatron, 1 process": (1, MEGATRON),
     "megatron, 2 processes, DP (distributed optimizer)": (2, ["parallel.dp_shard=2", *MEGATRON]),
     "megatron, 2 processes, TP (tp=2)": (2, [*LAYOUTS["2 processes, TP (tp=2)"][1], *MEGATRON]),
@@ -70,8 +81,9 @@ LAYOUTS.update({
 })
 
 
-def run_layout(nproc: int, extra: list[str], shards: str, steps: int, workdir: Path) -> tuple[float, list[float]]:
-    """Median tokens/s after the first logged interval, and each rank's peak memory (GiB)."""
+def run_layout(nproc: int, extra: list[str], shards: str, steps: int, workdir: Path) -> tuple[float, dict]:
+    """Median tokens/s after the first logged interval, and the last record's memory figures
+    (each rank's peak GiB, and the parameter / optimizer MiB it holds)."""
     run_dir = workdir / f"run-{nproc}-{len(extra)}-{time.monotonic_ns()}"
     cmd = [sys.executable, "-m", "pipeline.cli", "train", "--config", str(ROOT / "configs/train/shapes.toml"),
            f"run_dir={run_dir}", f"data.shards={shards}", f"train.steps={steps}", "train.log_every=5",
@@ -84,7 +96,7 @@ def run_layout(nproc: int, extra: list[str], shards: str, steps: int, workdir: P
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     shutil.rmtree(run_dir, ignore_errors=True)
-    return statistics.median(r["tokens_per_s"] for r in records[1:]), records[-1]["memory_gib_per_rank"]
+    return statistics.median(r["tokens_per_s"] for r in records[1:]), records[-1]
 
 
 def loader_tokens_per_s(shards: str, batches: int) -> tuple[float, float]:
@@ -113,12 +125,12 @@ def main() -> None:
     layouts = LAYOUTS
     if args.engine:
         rows = {k: v for k, v in COUNTERPARTS.items() if k.startswith(args.engine)}
-        layouts = {k: v for k, v in LAYOUTS.items() if k in rows or k in rows.values()}
+        layouts = {k: v for k, v in LAYOUTS.items() if k in rows or k in rows.values() or k == "1 process"}
     if not (Path(args.shards) / "manifest.json").is_file():
         raise SystemExit(f"no shards at {args.shards}: run `make demo` first (or pass --shards)")
     loader_tps, efficiency = loader_tokens_per_s(args.shards, 200)
     results: dict[str, list[float]] = {name: [] for name in layouts}
-    memory: dict[str, list[float]] = {}
+    memory: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
             for name, (nproc, extra) in layouts.items():
@@ -126,12 +138,15 @@ def main() -> None:
                 results[name].append(tokens_per_s)
     print(f"\ntrain benchmark: {os.cpu_count()} cores, configs/train/shapes.toml, {args.steps} steps x {args.rounds} rounds")
     base = statistics.median(results["1 process"])
-    print(f"{'layout':44} {'tokens/s':>10} {'vs 1 process':>13}  {'peak GiB per rank':>18}  runs")
+    print(f"{'layout':50} {'tokens/s':>10} {'vs 1 process':>13}  {'peak GiB per rank':>18}  "
+          f"{'params / optimizer MiB per rank':>32}  runs")
     for name, values in results.items():
         median = statistics.median(values)
-        peaks = "/".join(f"{m:.2f}" for m in memory[name])  # CPU: the process's peak RSS, runtime included
+        # CPU: the process's peak RSS, runtime included; held state: what sharding divides
+        peaks = "/".join(f"{m:.2f}" for m in memory[name]["memory_gib_per_rank"])
+        held = " ".join(f"{r['parameters']:.1f}/{r['optimizer']:.1f}" for r in memory[name]["state_mib_per_rank"])
         runs = ", ".join(f"{v:,.0f}" for v in values)
-        print(f"{name:44} {median:>10,.0f} {median / base:>12.2f}x  {peaks:>18}  {runs}")
+        print(f"{name:50} {median:>10,.0f} {median / base:>12.2f}x  {peaks:>18}  {held:>32}  {runs}")
     for row, native in COUNTERPARTS.items():
         if row in results:
             ratio = statistics.median(results[row]) / statistics.median(results[native])

@@ -106,6 +106,22 @@ class Engine(ABC):
         returns the names it is responsible for writing, so the union over ranks is the whole
         model and no name appears twice; most ranks return nothing."""
 
+    def held_state_bytes(self) -> dict[str, int]:
+        """Bytes of model state this rank holds: its parameters (a shard counts as its local
+        part) and its optimizer state (moments; master weights where they are copies). What
+        sharding (FSDP, ZeRO) divides across ranks; logged beside the peak memory."""
+        params, optimizers = self.state_holders()
+        own = {id(p) for p in params}
+        moments = tensor_bytes(t for opt in optimizers for state in opt.state.values() for t in state.values())
+        masters = tensor_bytes(p for opt in optimizers for g in opt.param_groups for p in g["params"]
+                               if id(p) not in own)
+        return {"parameters": tensor_bytes(params), "optimizer": moments + masters}
+
+    def state_holders(self) -> tuple[list[torch.Tensor], list[torch.optim.Optimizer]]:
+        """This rank's parameter tensors and the torch optimizers that step them (an engine's
+        wrapper optimizer keeps one inside)."""
+        return list(self.model.parameters()), [self.optimizer]
+
     def eval_model(self) -> MultimodalModel | None:
         """A plain one-device MultimodalModel holding the current weights on rank 0 (None on
         other ranks), for sampling during a run. Every rank calls it."""
@@ -121,6 +137,19 @@ class Engine(ABC):
         from pipeline.export import model_from_weights
 
         return model_from_weights(self.cfg.model, weights, self.info.device)
+
+
+def tensor_bytes(tensors) -> int:
+    """Bytes held locally by these tensors (a DTensor's local shard; scalars and non-tensors
+    ignored)."""
+    import torch
+
+    total = 0
+    for t in tensors:
+        if torch.is_tensor(t) and t.dim() > 0:
+            t = t.to_local() if hasattr(t, "to_local") else t
+            total += t.numel() * t.element_size()
+    return total
 
 
 @dataclass(frozen=True)

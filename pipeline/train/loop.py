@@ -70,15 +70,20 @@ def noise_seed(seed: int, step: int, micro: int, dp_rank: int) -> int:
     return ((seed * 1_000_003 + step) * 64 + micro) * 4096 + dp_rank
 
 
-def memory_record(device: torch.device) -> dict:
-    """Peak memory of every rank (they differ: pipeline stages, FSDP shards) and their maximum."""
-    mine = torch.tensor([peak_memory_gib(device)], dtype=torch.float64, device=device)
+def memory_record(device: torch.device, engine) -> dict:
+    """Peak memory of every rank (they differ: pipeline stages, FSDP shards) and their maximum,
+    and the parameter and optimizer-state MiB each rank holds (what ZeRO / FSDP divide)."""
+    held = engine.held_state_bytes()
+    mine = torch.tensor([peak_memory_gib(device), held["parameters"] / 2 ** 20, held["optimizer"] / 2 ** 20],
+                        dtype=torch.float64, device=device)
     ranks = [mine]
     if dist.is_initialized():
         ranks = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
         dist.all_gather(ranks, mine)
-    per_rank = [round(float(r), 3) for r in ranks]
-    return {"memory_gib": max(per_rank), "memory_gib_per_rank": per_rank}
+    per_rank = [round(float(r[0]), 3) for r in ranks]
+    return {"memory_gib": max(per_rank), "memory_gib_per_rank": per_rank,
+            "state_mib_per_rank": [{"parameters": round(float(r[1]), 2), "optimizer": round(float(r[2]), 2)}
+                                   for r in ranks]}
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
@@ -145,7 +150,7 @@ def _steps(cfg, info, engine, data: Prefetcher, ckpt: Checkpointer, sink: Metric
                               "grad_norm": round(result.grad_norm, 4), "lr": lr,
                               "tokens_per_s": round(tokens_since * engine.dp_size / elapsed, 1),
                               "mfu": round(flops_since * engine.dp_size / elapsed / (peak * info.world), 4),
-                              **memory_record(info.device),
+                              **memory_record(info.device, engine),
                               "packing": round(data.efficiency, 4), "time": time.time()})
             started, tokens_since, flops_since = time.perf_counter(), 0, 0.0
         stopping = stop.agreed()

@@ -86,14 +86,6 @@ def batches(cfg: ModelConfig, dp_rank: int, steps: int) -> list[list]:
     return [out] * steps
 
 
-def state_bytes(engine) -> int:
-    """This rank's parameter and optimizer-state bytes (a DTensor counts its local shard)."""
-    local = [p.to_local() if hasattr(p, "to_local") else p for p in engine.model.parameters()]
-    for state in engine.optimizer.state.values():
-        local += [t.to_local() if hasattr(t, "to_local") else t for t in state.values() if torch.is_tensor(t)]
-    return sum(t.numel() * t.element_size() for t in local if t.dim() > 0)
-
-
 def reference(layout: dict, world: int, steps: int, mode: str, model_options: dict | None = None,
               precision: str = "fp32", resumed_as: tuple[dict, int] | None = None, resumed_at: int = 0) -> dict:
     """One-process native run over all data-parallel ranks' micro-batches: losses and state bytes.
@@ -113,7 +105,7 @@ def reference(layout: dict, world: int, steps: int, mode: str, model_options: di
         seeds = [seed_of(step, m, r) for r in range(dp) for m in range(MICRO)]
         results.append(engine.train_step(micro, seeds, LR))
     return {"losses": [r.losses["loss"] for r in results], "grad_norms": [r.grad_norm for r in results],
-            "state_bytes": state_bytes(engine)}
+            "held": engine.held_state_bytes()}
 
 
 def _engine_in_process(rank: int, world: int, port: int, engine_name: str, cfg: TrainConfig):
@@ -145,7 +137,7 @@ def worker(rank: int, world: int, engine_name: str, layout: dict, steps: int, mo
     if rank == 0:
         with open(out_path, "w", encoding="utf-8") as f:
             json.dump({"losses": [r.losses["loss"] for r in results], "grad_norms": [r.grad_norm for r in results],
-                       "state_bytes": state_bytes(engine) if engine_name == "native" else None}, f)
+                       "held": engine.held_state_bytes()}, f)
     exit_process(0)
 
 

@@ -23,6 +23,7 @@ parallelism, EMA, compile.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -35,12 +36,14 @@ from model.multimodal import MultimodalModel
 from pipeline.distributed import DistInfo, join_single_process_group
 from pipeline.engines.base import LOSS_PARTS, Engine, StepResult
 from pipeline.engines.deepspeed.pipe import Feed, nodd_named_parameters, pipeline_module
+from pipeline.engines.deepspeed.universal import reshardable, universal_copy
 from pipeline.engines.parallel import ParallelConfig
 from pipeline.export import weights_to_start_from
 from pipeline.train.checkpoint import layout_changes, read_layout_file
 from pipeline.train.config import TrainConfig
 from pipeline.train.metrics import matmul_params
 
+log = logging.getLogger(__name__)
 CHECKPOINT_DIR, TAG, LAYOUT_FILE = "deepspeed", "state", "deepspeed.json"
 
 
@@ -164,16 +167,32 @@ class DeepSpeedEngine(Engine):
     def load(self, folder: Path) -> None:
         folder = Path(folder)
         saved, layout = {"pp": 1} | read_layout_file(folder / LAYOUT_FILE), self._layout()  # pp: since pipelines
-        if saved != layout:
+        tag, universal = TAG, saved != layout
+        if universal:
             differs = layout_changes(saved, layout)
-            raise DataError(f"{folder} was written by the deepspeed engine under another layout ({differs}); its ZeRO "
-                            "partitions resume only on the layout that wrote them. Resume with that layout, or train a "
-                            f"new run from its weights (train.init_from={folder / 'export'})")
-        path, _ = self.engine.load_checkpoint(str(folder / CHECKPOINT_DIR), tag=TAG, load_optimizer_states=True,
-                                              load_lr_scheduler_states=False)
+            if not reshardable(saved, layout):
+                raise DataError(f"{folder} was written by the deepspeed engine under another layout ({differs}); it "
+                                "resumes on another data-parallel size or ZeRO stage 1 <-> 2 only (no pipeline, same "
+                                "precision). Resume with that layout, or train a new run from its weights "
+                                f"(train.init_from={folder / 'export'})")
+            log.info("resuming a deepspeed checkpoint under another layout (%s) through DeepSpeed's universal "
+                     "checkpoint", differs)
+            tag = universal_copy(folder / CHECKPOINT_DIR, TAG, self.info)
+        self.engine._config.load_universal_checkpoint = universal  # DeepSpeed reads it from its config only
+        try:
+            path, _ = self.engine.load_checkpoint(str(folder / CHECKPOINT_DIR), tag=tag, load_optimizer_states=True,
+                                                  load_lr_scheduler_states=False)
+        finally:
+            self.engine._config.load_universal_checkpoint = False
         if path is None:
             raise DataError(f"{folder / CHECKPOINT_DIR} holds no DeepSpeed checkpoint; delete {folder} to resume from "
                             "the checkpoint before it")
+
+    def state_holders(self):
+        # ZeRO-3 leaves each parameter empty outside its module's forward; ds_tensor is this
+        # rank's partition. The ZeRO optimizer wraps the torch (or CPU) Adam over fp32 partitions.
+        params = [getattr(p, "ds_tensor", p) for p in self.engine.module.parameters()]
+        return params, [self.engine.optimizer.optimizer]
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         """The fp32 weights (in bf16: ZeRO's fp32 master copies, not the rounded bf16 ones), whole,

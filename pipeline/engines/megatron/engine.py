@@ -260,6 +260,10 @@ class MegatronEngine(Engine):
         with cuda_to_cpu():
             load_state(folder, self.info.rank, self.chunks, self.optimizer, self._layout(), self.average)
 
+    def state_holders(self):
+        inner = [o.optimizer for o in getattr(self.optimizer, "chained_optimizers", [self.optimizer])]
+        return [p for m in self.models for p in m.parameters()], inner
+
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         """Whole tensors in MultimodalModel names: the tensor-parallel shards of this rank's
         chunks' layers (and LM head) gathered, kept by the stage's first data- and
