@@ -112,3 +112,15 @@ def test_a_megatron_tensor_parallel_job_trains_through_submit(slurm_env, shards,
     assert status.state == "COMPLETED", diagnose(slurm_env, job.split("-")[1], status, run)
     meta = json.loads((run / "checkpoints" / "step-000004" / "meta.json").read_text())
     assert meta["engine"] == "megatron" and meta["parallel"]["tp"] == 2 and logged_steps(run) == 4
+
+
+def test_a_deepspeed_pipeline_job_trains_through_submit(slurm_env, shards, tmp_path):
+    spec = write_train_job(tmp_path, shards["kl"], "deepspeed", steps=4,
+                           overrides=["train.engine=deepspeed", "parallel.pp=2", "parallel.dp_shard=1",
+                                      "deepspeed.zero_stage=1", "optim.grad_accum=2"])
+    job = submit(spec)
+    status = wait_for(job, 300)
+    run = tmp_path / "deepspeed"
+    assert status.state == "COMPLETED", diagnose(slurm_env, job.split("-")[1], status, run)
+    meta = json.loads((run / "checkpoints" / "step-000004" / "meta.json").read_text())
+    assert meta["engine"] == "deepspeed" and meta["parallel"]["pp"] == 2 and logged_steps(run) == 4
