@@ -103,24 +103,19 @@ def test_prep_job_runs_against_a_ray_cluster_inside_the_allocation(slurm_env, ti
     assert manifest["num_samples"] == 64
 
 
-def test_a_megatron_tensor_parallel_job_trains_through_submit(slurm_env, shards, tmp_path):
-    spec = write_train_job(tmp_path, shards["kl"], "megatron", steps=4,
-                           overrides=["train.engine=megatron", "parallel.tp=2", "parallel.dp_shard=1"])
+@pytest.mark.parametrize("engine, layout", [
+    ("megatron", ["parallel.tp=2", "parallel.dp_shard=1"]),  # megatron's tensor parallelism
+    ("deepspeed", ["parallel.pp=2", "parallel.dp_shard=1", "deepspeed.zero_stage=1", "optim.grad_accum=2"]),
+])
+def test_an_engine_job_trains_through_submit(slurm_env, shards, tmp_path, engine, layout):
+    spec = write_train_job(tmp_path, shards["kl"], engine, steps=4, overrides=[f"train.engine={engine}", *layout])
     job = submit(spec)
     status = wait_for(job, 300)
-    run = tmp_path / "megatron"
+    run = tmp_path / engine
     assert status.state == "COMPLETED", diagnose(slurm_env, job.split("-")[1], status, run)
     meta = json.loads((run / "checkpoints" / "step-000004" / "meta.json").read_text())
-    assert meta["engine"] == "megatron" and meta["parallel"]["tp"] == 2 and logged_steps(run) == 4
+    degrees = {setting.split("=")[0].removeprefix("parallel."): int(setting.split("=")[1])
+               for setting in layout if setting.startswith("parallel.")}
+    assert meta["engine"] == engine and logged_steps(run) == 4
+    assert all(meta["parallel"][k] == v for k, v in degrees.items()), meta["parallel"]
 
-
-def test_a_deepspeed_pipeline_job_trains_through_submit(slurm_env, shards, tmp_path):
-    spec = write_train_job(tmp_path, shards["kl"], "deepspeed", steps=4,
-                           overrides=["train.engine=deepspeed", "parallel.pp=2", "parallel.dp_shard=1",
-                                      "deepspeed.zero_stage=1", "optim.grad_accum=2"])
-    job = submit(spec)
-    status = wait_for(job, 300)
-    run = tmp_path / "deepspeed"
-    assert status.state == "COMPLETED", diagnose(slurm_env, job.split("-")[1], status, run)
-    meta = json.loads((run / "checkpoints" / "step-000004" / "meta.json").read_text())
-    assert meta["engine"] == "deepspeed" and meta["parallel"]["pp"] == 2 and logged_steps(run) == 4

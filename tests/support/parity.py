@@ -87,15 +87,18 @@ def batches(cfg: ModelConfig, dp_rank: int, steps: int) -> list[list]:
 
 
 def reference(layout: dict, world: int, steps: int, mode: str, model_options: dict | None = None,
-              precision: str = "fp32", resumed_as: tuple[dict, int] | None = None, resumed_at: int = 0) -> dict:
-    """One-process native run over all data-parallel ranks' micro-batches: losses and state bytes.
+              precision: str = "fp32", resumed_as: tuple[dict, int] | None = None, resumed_at: int = 0,
+              settings: dict | None = None) -> dict:
+    """One-process native run over all data-parallel ranks' micro-batches: losses, state bytes
+    and the exported weights (`settings` as in train_config, e.g. {"optim.ema_decay": 0.9}).
     `resumed_as=(layout, world)`: from step `resumed_at` on, the data-parallel ranks of that
     layout (what a run resumed there trains on)."""
     from pipeline.distributed import DistInfo
     from pipeline.engines.native.engine import NativeEngine
 
     dps = [ParallelConfig(**lay).resolved(w).dp for lay, w in [(layout, world), resumed_as or (layout, world)]]
-    cfg = train_config(mode, {}, microbatches=max(dps) * MICRO, model_options=model_options, precision=precision)
+    cfg = train_config(mode, {}, microbatches=max(dps) * MICRO, model_options=model_options, precision=precision,
+                       settings=settings)
     engine = NativeEngine(cfg, DistInfo(0, 1, torch.device("cpu")))
     data = [batches(cfg.model, r, steps) for r in range(max(dps))]
     results = []
@@ -105,7 +108,7 @@ def reference(layout: dict, world: int, steps: int, mode: str, model_options: di
         seeds = [seed_of(step, m, r) for r in range(dp) for m in range(MICRO)]
         results.append(engine.train_step(micro, seeds, LR))
     return {"losses": [r.losses["loss"] for r in results], "grad_norms": [r.grad_norm for r in results],
-            "held": engine.held_state_bytes()}
+            "held": engine.held_state_bytes(), "weights": engine.export_state_dict()}
 
 
 def _engine_in_process(rank: int, world: int, port: int, engine_name: str, cfg: TrainConfig):
@@ -134,7 +137,9 @@ def worker(rank: int, world: int, engine_name: str, layout: dict, steps: int, mo
                        settings=settings)
     engine = _engine_in_process(rank, world, port, engine_name, cfg)
     results = _steps(engine, 0, steps)
+    weights = engine.export_state_dict()  # every rank takes part; rank 0's names beside out_path
     if rank == 0:
+        torch.save(weights, f"{out_path}.weights.pt")
         with open(out_path, "w", encoding="utf-8") as f:
             json.dump({"losses": [r.losses["loss"] for r in results], "grad_norms": [r.grad_norm for r in results],
                        "held": engine.held_state_bytes()}, f)

@@ -16,8 +16,11 @@ so no rank waits on a gather another skipped.
 parallel.pp > 1: DeepSpeed's PipelineEngine (its 1F1B schedule) over nodd's layers (pipe.py),
 ZeRO-1 at most (DeepSpeed's rule), data parallel across pipelines.
 
+optim.ema_decay: the average of ZeRO's fp32 master partitions (average.py), exported and
+checkpointed whole.
+
 Not built yet (refused before any process starts, see check/check_settings): tensor
-parallelism, EMA, compile.
+parallelism, compile.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from core.errors import ConfigError, DataError
 from model.config import ModelConfig
 from model.multimodal import MultimodalModel
 from pipeline.distributed import DistInfo, join_single_process_group
-from pipeline.engines.base import LOSS_PARTS, Engine, StepResult
+from pipeline.engines.base import LOSS_PARTS, Engine, StepResult, tensor_bytes
+from pipeline.engines.deepspeed.average import MasterAverage, master_partitions, whole_fp32
 from pipeline.engines.deepspeed.pipe import Feed, nodd_named_parameters, pipeline_module
 from pipeline.engines.deepspeed.universal import reshardable, universal_copy
 from pipeline.engines.parallel import ParallelConfig
@@ -64,7 +68,7 @@ class DeepSpeedEngine(Engine):
     @classmethod
     def check_settings(cls, cfg: TrainConfig) -> None:
         ds = cfg.deepspeed
-        missing = {"optim.ema_decay": cfg.optim.ema_decay > 0, "train.compile": cfg.train.compile}
+        missing = {"train.compile": cfg.train.compile}
         for setting, used in missing.items():
             if used:
                 raise ConfigError(f"{setting} is not implemented by train.engine=deepspeed yet; leave it at its "
@@ -107,6 +111,18 @@ class DeepSpeedEngine(Engine):
         self.engine, *_ = deepspeed.initialize(model=module.to(dist_info.device), optimizer=_adamw(module, cfg),
                                                config=ds_config(cfg, self.pcfg.dp))
         self.model = self.engine.module
+        self.average = MasterAverage(self.engine, self._named_parameters(), cfg.optim.ema_decay) \
+            if cfg.optim.ema_decay > 0 else None
+
+    def _named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """This rank's parameters (a pipeline: its stage's) under MultimodalModel's names."""
+        return list(self.model.named_parameters()) if self.feed is None else nodd_named_parameters(self.model)
+
+    @property
+    def _keeps_whole_weights(self) -> bool:
+        """Whether this rank writes the whole weights it gathers: rank 0, or with a pipeline each
+        stage's first data-parallel rank."""
+        return self.info.is_main if self.feed is None else self.engine.grid.get_data_parallel_id() == 0
 
     @property
     def dp_rank(self) -> int:
@@ -127,8 +143,7 @@ class DeepSpeedEngine(Engine):
             self.engine.step()  # the optimizer steps at the last micro-batch only
             for k, v in {"loss": out.loss.detach(), **out.losses}.items():
                 totals[k] += float(v) / len(micro_batches)
-        grad_norm = self.engine.get_global_grad_norm()
-        return StepResult(self._mean_over_dp(totals), float(grad_norm or 0.0))
+        return self._stepped(totals)
 
     def _pipeline_step(self, micro_batches, seeds) -> StepResult:
         """One train_batch of DeepSpeed's pipeline schedule; only the last stage holds losses
@@ -140,6 +155,11 @@ class DeepSpeedEngine(Engine):
             for k, v in {"loss": out.loss.detach(), **out.losses}.items():
                 totals[k] += float(v) / len(micro_batches)
         self.feed.start([], [])
+        return self._stepped(totals)
+
+    def _stepped(self, totals: dict[str, float]) -> StepResult:
+        if self.average is not None:
+            self.average.update()
         return StepResult(self._mean_over_dp(totals), float(self.engine.get_global_grad_norm() or 0.0))
 
     def _mean_over_dp(self, totals: dict[str, float]) -> dict[str, float]:
@@ -161,6 +181,8 @@ class DeepSpeedEngine(Engine):
         data-parallel size)."""
         folder = Path(folder)
         self.engine.save_checkpoint(str(folder / CHECKPOINT_DIR), tag=TAG)
+        if self.average is not None:
+            self.average.save(folder, self.info.rank, self._keeps_whole_weights)
         if self.info.is_main:
             (folder / LAYOUT_FILE).write_text(json.dumps(self._layout(), indent=2), encoding="utf-8")
 
@@ -187,26 +209,27 @@ class DeepSpeedEngine(Engine):
         if path is None:
             raise DataError(f"{folder / CHECKPOINT_DIR} holds no DeepSpeed checkpoint; delete {folder} to resume from "
                             "the checkpoint before it")
+        if self.average is not None:
+            self.average.load(folder)
 
-    def state_holders(self):
+    def held_state_bytes(self) -> dict[str, int]:
         # ZeRO-3 leaves each parameter empty outside its module's forward; ds_tensor is this
-        # rank's partition. The ZeRO optimizer wraps the torch (or CPU) Adam over fp32 partitions.
+        # rank's partition. The ZeRO optimizer wraps the torch (or CPU) Adam, whose state holds
+        # the moments, and keeps fp32 master partitions (copies even in fp32; counted only where
+        # they are not the parameters' own storage).
         params = [getattr(p, "ds_tensor", p) for p in self.engine.module.parameters()]
-        return params, [self.engine.optimizer.optimizer]
+        own = {p.untyped_storage().data_ptr() for p in params}
+        moments = [t for state in self.engine.optimizer.optimizer.state.values() for t in state.values()]
+        masters = [m for m in master_partitions(self.engine.optimizer) if m.untyped_storage().data_ptr() not in own]
+        return {"parameters": tensor_bytes(params), "optimizer": tensor_bytes(moments) + tensor_bytes(masters)}
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
-        """The fp32 weights (in bf16: ZeRO's fp32 master copies, not the rounded bf16 ones), whole,
-        kept by rank 0 (with a pipeline: each stage's by its first data-parallel rank)."""
-        from deepspeed.utils import safe_get_full_fp32_param
-
-        named = self.model.named_parameters() if self.feed is None else nodd_named_parameters(self.model)
-        keeps = self.info.is_main if self.feed is None else self.engine.grid.get_data_parallel_id() == 0
-        weights = {}
-        for name, param in named:  # a collective over the data-parallel ranks (of this stage)
-            full = safe_get_full_fp32_param(param)
-            if keeps:
-                weights[name] = (full if full is not None else param).detach().float().to("cpu", copy=True)
-        return weights
+        """The fp32 weights (in bf16: ZeRO's fp32 master copies, not the rounded bf16 ones), or
+        with optim.ema_decay their average, whole, kept by rank 0 (with a pipeline: each stage's
+        by its first data-parallel rank)."""
+        named = self._named_parameters()
+        weights = self.average.whole() if self.average is not None else whole_fp32(named)
+        return weights if self._keeps_whole_weights else {}
 
 
 def _cpu_adam_builds() -> bool:

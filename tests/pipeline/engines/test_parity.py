@@ -66,11 +66,10 @@ ONE_MODE = FOUR_PROCESS | {"pp2 gpipe", "zero2 offload dp2", "zero3 offload dp2"
 
 
 # rank 0's parameter and optimizer bytes over a one-process run's parameter bytes P (which holds
-# 2P of Adam moments): what sharding must divide. ZeRO-1/2 keep an fp32 master copy of their
-# partition beside its moments (3P / dp); ZeRO-3 in fp32 steps its partition itself (2P / dp) and,
-# like FSDP2, divides the parameters too.
-HELD = {"fsdp2": (1 / 2, 2 / 2), "zero1 dp2": (1, 3 / 2), "zero2 dp2": (1, 3 / 2), "zero3 dp2": (1 / 2, 2 / 2),
-        "zero3 offload dp2": (1 / 2, 2 / 2)}
+# 2P of Adam moments): what sharding must divide. ZeRO keeps an fp32 master copy of its partition
+# beside its moments, even in fp32 (3P / dp); ZeRO-3, like FSDP2, divides the parameters too.
+HELD = {"fsdp2": (1 / 2, 2 / 2), "zero1 dp2": (1, 3 / 2), "zero2 dp2": (1, 3 / 2), "zero3 dp2": (1 / 2, 3 / 2),
+        "zero3 offload dp2": (1 / 2, 3 / 2)}
 
 
 def run_layout(engine, layout, world, mode, tmp_path, model_options=None, precision="fp32",

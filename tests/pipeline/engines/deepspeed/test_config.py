@@ -17,7 +17,6 @@ def deepspeed(layout=None, **settings):
     ({"pp": 2, "dp_shard": 1}, 2, {"deepspeed__zero_stage": 3}, "allows ZeRO stage 1 at most"),
     ({"pp": 2, "dp_shard": 1, "pp_schedule": "gpipe"}, 2, {"deepspeed__zero_stage": 1}, "its own 1F1B"),
     ({"pp": 2, "dp_shard": -1}, 3, {"deepspeed__zero_stage": 1}, "not divisible"),
-    ({}, 1, {"optim__ema_decay": 0.99}, "ema_decay is not implemented"),
     ({}, 1, {"train__compile": True}, "compile is not implemented"),
 ])
 def test_what_it_cannot_run_is_refused(layout, world, settings, message):

@@ -5,9 +5,11 @@ evaluates, and a checkpoint that names the layout it needs."""
 import json
 
 import pytest
+import torch
 from support.train_helpers import cli_train, losses
 
 from pipeline.evaluate import evaluate
+from pipeline.export import read_export
 
 
 def train(run, shards, *args, nproc=2):
@@ -22,6 +24,8 @@ def resumes_exactly_and_exports(tmp_path, shards, settings):
         done = train(run, shards["kl"], *settings, *args)
         assert done.returncode == 0, done.stderr[-3000:]
     assert losses(part) == losses(full) and sorted(losses(full)) == [1, 2, 3, 4]
+    exports = [read_export(run / "checkpoints" / "step-000004" / "export")[0] for run in (full, part)]
+    assert exports[0].keys() == exports[1].keys() and all(torch.equal(exports[0][k], exports[1][k]) for k in exports[0])
     results = evaluate(full, per_prompt=1, extra=0, images=4, steps=2)
     assert results["understanding"]["images"] == 4 and results["text"]["perplexity"] > 1
     return full
@@ -44,9 +48,11 @@ def test_zero2_run_resumes_exactly_exports_and_names_its_layout(tmp_path, shards
 
 @pytest.mark.slow
 def test_pipeline_run_resumes_exactly_and_exports(tmp_path, shards):
-    """DeepSpeed's pipeline engine, two stages (ZeRO-1): each stage checkpoints its own layers
-    and exports its own names (the export is their union)."""
-    pp2 = ["parallel.pp=2", "parallel.dp_shard=1", "deepspeed.zero_stage=1", "optim.grad_accum=2"]
+    """DeepSpeed's pipeline engine, two stages (ZeRO-1), with a weight average: each stage
+    checkpoints its own layers and average and exports its own names (the export is their
+    union); the resumed run exports the uninterrupted run's average exactly."""
+    pp2 = ["parallel.pp=2", "parallel.dp_shard=1", "deepspeed.zero_stage=1", "optim.grad_accum=2",
+           "optim.ema_decay=0.9"]
     full = resumes_exactly_and_exports(tmp_path, shards, pp2)
     layout = json.loads((full / "checkpoints" / "step-000004" / "deepspeed.json").read_text())
     assert layout == {"world": 2, "pp": 2, "zero_stage": 1, "precision": "fp32"}
