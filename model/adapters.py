@@ -51,6 +51,18 @@ class GridEmbedding(nn.Module):
         return self.proj(feats.to(self.proj.weight.dtype))
 
 
+class MaskEmbedding(nn.Module):
+    """Masked mar's learned [MASK] input: replaces the latent input of every masked token (its
+    place in the image still comes from the rotary positions, and patch_positions if set)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(width))
+
+    def forward(self, h: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:  # (B, T, W), (B, T) bool
+        return torch.where(masked.unsqueeze(-1), self.weight.to(h.dtype), h)
+
+
 def _grid_groups(span_grid: torch.Tensor):
     """Yield (token slice start, end, grid) per span, in batch order; no spans yield one empty
     group (a zero-row call still runs the convs: see MultimodalModel's `idle`)."""

@@ -10,7 +10,7 @@ A document is one of three tasks:
 frame (continuous modes), or a grid of code ids (discrete mode). Documents are packed into rows
 without splitting; attention masks are never stored, only the ids they are derived from
 (model/masks.py): documents never see each other, text is causal, one image's tokens see each
-other bidirectionally in transfusion mode and causally otherwise.
+other bidirectionally in transfusion mode and masked mar, and causally otherwise.
 
 Positions are 3-D (t, h, w) multimodal RoPE positions (model/rope.py): a text token at p has
 (p, p, p); patch (ti, hi, wi) of an image starting at p0 has (p0+ti, p0+hi, p0+wi); the text after
@@ -60,7 +60,8 @@ class PackedBatch:
     targets: torch.Tensor  # (B, T) long: id of the next token to predict here, IGNORE = none
     target_kind: torch.Tensor  # (B, T) long: NO_LOSS / TEXT_LOSS / UNDERSTANDING_LOSS / IMAGE_LOSS
     latents: torch.Tensor | None  # (N, D) float: clean patch vectors (continuous modes)
-    latent_loss: torch.Tensor  # (N,) bool: latent tokens of generated images (they carry the image loss)
+    latent_loss: torch.Tensor  # (N,) bool: latent tokens that carry the image loss: those of generated
+    #                           images (masked mar: the masked ones; they enter as the mask embedding)
     times: torch.Tensor | None  # (N,) float: diffusion time per latent token, 1 = clean (transfusion)
     span_grid: torch.Tensor  # (S, 3) long: (T, H/p, W/p) of every span, in batch order
 
@@ -238,8 +239,9 @@ class Packer:
             out.tokens.extend(tokens)
             out.modality.extend([modality] * len(tokens))
             out.span.extend([len(out.grids) + 1] * len(tokens))
-            # A latent token predicts the next latent token (mar, discrete); the last one predicts nothing.
-            kind = IMAGE_LOSS if generated and cfg.mode != "transfusion" else NO_LOSS
+            # A latent token predicts the next latent token (mar in order, discrete); the last one
+            # predicts nothing. Transfusion and masked mar put the image loss on the latents themselves.
+            kind = IMAGE_LOSS if generated and cfg.next_token_images else NO_LOSS
             out.kinds.extend([kind] * (len(tokens) - 1) + [NO_LOSS])
             pos.append(span_positions)
             out.grids.append(grid)
@@ -254,7 +256,7 @@ class Packer:
         elif doc.task == "generate":
             add_text([self.bos, *doc.text_ids], TEXT_LOSS)
             # [boi] predicts the first image token (image loss in mar/discrete, nothing in transfusion)
-            add_text([cfg.boi_id], IMAGE_LOSS if cfg.mode != "transfusion" else NO_LOSS)
+            add_text([cfg.boi_id], IMAGE_LOSS if cfg.next_token_images else NO_LOSS)
             add_image(generated=True)
             add_text([cfg.eoi_id], TEXT_LOSS)
             add_text([self.eos], NO_LOSS)
@@ -329,7 +331,9 @@ class Packer:
         targets[:, :-1] = torch.where(has_target, tokens[:, 1:], IGNORE)
         kinds[:, :-1] = torch.where(has_target, kinds[:, :-1], NO_LOSS)
         kinds[:, -1] = NO_LOSS
-        latent_loss = torch.cat([torch.full((n,), generated) for n, generated in spans]) if spans \
+        carries = self._masked if self.cfg.mode == "mar" and self.cfg.mar_order == "masked" else \
+            (lambda n, generated, _g: torch.full((n,), generated))
+        latent_loss = torch.cat([carries(n, generated, generator) for n, generated in spans]) if spans \
             else torch.zeros(0, dtype=torch.bool)
         packed_latents = torch.cat(latents) if latents else None
         times = None
@@ -339,6 +343,17 @@ class Packer:
         span_grid = torch.tensor(grids, dtype=torch.long).reshape(-1, 3)
         return PackedBatch(tokens, modality, segment, span, positions, targets, kinds, packed_latents,
                            latent_loss, times, span_grid)
+
+
+    def _masked(self, n: int, generated: bool, generator: torch.Generator | None) -> torch.Tensor:
+        """(n,) bool: which tokens of an image masked mar masks (and puts the image loss on). MAR's
+        masking ratio: a normal around 1 (std 0.25) clipped to [mar_mask_min, 1], at least one
+        token; a random subset of that size. Understanding images are never masked."""
+        if not generated:
+            return torch.zeros(n, dtype=torch.bool)
+        ratio = float((1.0 + 0.25 * torch.randn(1, generator=generator)).clamp(self.cfg.mar_mask_min, 1.0))
+        chosen = torch.randperm(n, generator=generator)[:max(1, math.ceil(ratio * n))]
+        return torch.zeros(n, dtype=torch.bool).index_fill_(0, chosen, True)
 
 
 def grid_coordinates(positions: torch.Tensor, span_ids: torch.Tensor) -> torch.Tensor:

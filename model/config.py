@@ -51,7 +51,14 @@ class ModelConfig:
         time_sampling: diffusion time t in [0, 1] (0 = noise, 1 = data) during training:
             "logit_normal" (SD3; most weight mid-path) or "uniform".
         mar_order: mar mode: "raster", or "random" (a fresh order per image; every input also
-            carries a query for the position of the token to predict next).
+            carries a query for the position of the token to predict next): autoregressive,
+            one token at a time. "masked": MAR as published: image tokens attend to each other
+            bidirectionally, a random fraction of each generated image (MAR's masking ratio, at
+            least `mar_mask_min`) is replaced by a learned mask embedding and the transformer's
+            output at each masked position conditions the head; sampling fills the image in
+            over a few steps, several tokens each (model/sampling/images.py).
+        mar_mask_min: mar_order="masked": the smallest fraction of an image masked in training
+            (the fraction is drawn from a normal around 1 with std 0.25, clipped to [min, 1]).
         head_width, head_depth: mar mode: the per-token MLP head (residual blocks with adaptive
             norm on the transformer output z and the time); head_width 0 = width.
         diffusion_batch_mul: mar mode: noise draws per token per step (MAR used 4).
@@ -79,7 +86,8 @@ class ModelConfig:
     adapter_channels: int = 64
     image_loss_weight: float = 5.0
     time_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
-    mar_order: Literal["raster", "random"] = "raster"
+    mar_order: Literal["raster", "random", "masked"] = "raster"
+    mar_mask_min: float = 0.7
     head_width: int = 0
     head_depth: int = 3
     diffusion_batch_mul: int = 4
@@ -119,6 +127,16 @@ class ModelConfig:
     @property
     def patch_dim(self) -> int:
         return self.latent_channels * self.patch_size**2
+
+    @property
+    def bidirectional_images(self) -> bool:
+        """Image tokens attend to their whole image (transfusion, masked mar), not causally."""
+        return self.mode == "transfusion" or (self.mode == "mar" and self.mar_order == "masked")
+
+    @property
+    def next_token_images(self) -> bool:
+        """Each image token is predicted from the position before it (discrete, mar in order)."""
+        return self.mode == "discrete" or (self.mode == "mar" and self.mar_order != "masked")
 
     @property
     def mar_head_width(self) -> int:
@@ -162,5 +180,12 @@ class ModelConfig:
         if self.conv_adapter and self.adapter_channels % 8:
             raise ConfigError(f"model.adapter_channels={self.adapter_channels} must be a multiple of 8 "
                               "(the conv adapter uses GroupNorm with 8 groups)")
+        if self.mar_order not in ("raster", "random", "masked"):
+            raise ConfigError(f"model.mar_order must be raster, random or masked, got {self.mar_order!r}")
+        if not 0 < self.mar_mask_min <= 1:
+            raise ConfigError(f"model.mar_mask_min must be in (0, 1], got {self.mar_mask_min}")
+        if self.bidirectional_images and self.attention == "flash" and self.mode == "mar":
+            raise ConfigError("model.attention='flash' cannot run mar_order='masked': its image tokens attend to each "
+                              "other bidirectionally; use attention='flex', 'sdpa' or 'auto'")
         if self.image_loss_weight < 0 or self.init_std <= 0:
             raise ConfigError("model.image_loss_weight must be >= 0 and model.init_std > 0")

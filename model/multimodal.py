@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model import batch as pb
-from model.adapters import GridEmbedding, LatentInput, LatentOutput, TimeEmbedding
+from model.adapters import GridEmbedding, LatentInput, LatentOutput, MaskEmbedding, TimeEmbedding
 from model.attention import AttentionContext, KVCache
 from model.config import ModelConfig
 from model.flow import noised
@@ -55,6 +55,8 @@ class MultimodalModel(nn.Module):
         self.time_embed = TimeEmbedding(cfg.width) if cfg.mode == "transfusion" else None
         self.position_query = GridEmbedding(cfg.width) if cfg.mode == "mar" and cfg.mar_order == "random" else None
         self.patch_position = GridEmbedding(cfg.width) if cfg.patch_positions else None
+        masked = cfg.mode == "mar" and cfg.mar_order == "masked"
+        self.mask_embedding = MaskEmbedding(cfg.width) if masked else None
         self.backbone = Backbone(cfg)
         self.lm_head = nn.Linear(cfg.width, cfg.vocab_size, bias=False)
         self.latent_out = LatentOutput(cfg) if cfg.mode == "transfusion" else None
@@ -63,7 +65,7 @@ class MultimodalModel(nn.Module):
 
     @property
     def bidirectional(self) -> bool:
-        return self.cfg.mode == "transfusion"
+        return self.cfg.bidirectional_images
 
     def tie_weights(self) -> None:
         """Share the token embedding with the LM head (model.tie_embeddings). Again after
@@ -83,7 +85,7 @@ class MultimodalModel(nn.Module):
         whole in this order and keeps its own shard, so every layout starts from the weights of
         one process (pipeline/engines/native/materialize.py)."""
         normal = partial(nn.init.normal_, std=self.cfg.init_std)
-        for module in (self.tok_embeddings, self.modality_embeddings):
+        for module in (self.tok_embeddings, self.modality_embeddings, self.mask_embedding):
             if module is not None:
                 yield module.weight, normal
         for part in (self.latent_in, self.time_embed, self.position_query, self.patch_position, self.latent_out):
@@ -106,11 +108,13 @@ class MultimodalModel(nn.Module):
     # ---- the shared trunk (training and sampling) ---------------------------------------------
     def embed(self, tokens: torch.Tensor, modality: torch.Tensor, latents: torch.Tensor | None,
               span_grid: torch.Tensor, times: torch.Tensor | None = None,
-              queries: torch.Tensor | None = None, coords: torch.Tensor | None = None) -> torch.Tensor:
+              queries: torch.Tensor | None = None, coords: torch.Tensor | None = None,
+              masked: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) ids and modality, (N, D) latent inputs for the positions where modality != TEXT,
         (N,) diffusion times (transfusion), (B, T, 3) grid coordinates of the token each position
         must predict next, or -1 (mar random order), (B, T, 3) each token's own grid coordinates
-        (`patch_positions`; see batch.grid_coordinates) -> (B, T, W)."""
+        (`patch_positions`; see batch.grid_coordinates), (B, T) bool masked latent tokens (masked
+        mar: their input is the mask embedding) -> (B, T, W)."""
         h = self.tok_embeddings(tokens)
         if latents is not None and latents.numel():
             lat = self.latent_in(latents, span_grid)
@@ -118,6 +122,8 @@ class MultimodalModel(nn.Module):
                 lat = lat + self.time_embed(times)
             where = (modality != pb.TEXT).unsqueeze(-1)
             h = torch.where(where, torch.zeros_like(h).masked_scatter(where, lat.to(h.dtype)), h)
+        if self.mask_embedding is not None:  # called on every batch (ZeRO-3), masking nothing without images
+            h = self.mask_embedding(h, masked if masked is not None else torch.zeros_like(modality, dtype=torch.bool))
         h = h + self.modality_embeddings(modality)
         if self.patch_position is not None and coords is not None:
             h = h + torch.where((modality != pb.TEXT).unsqueeze(-1), self.patch_position(coords), 0.0)
@@ -155,7 +161,10 @@ class MultimodalModel(nn.Module):
         if self.position_query is not None or self.patch_position is not None:
             coords = pb.grid_coordinates(batch.positions, batch.span_ids)
         queries = next_grid_queries(batch, coords) if self.position_query is not None else None
-        h = self.embed(batch.tokens, batch.modality, inputs, batch.span_grid, batch.times, queries, coords)
+        masked = None
+        if self.mask_embedding is not None:
+            masked = torch.zeros_like(batch.tokens, dtype=torch.bool).masked_scatter(batch.latent_mask, batch.latent_loss)
+        h = self.embed(batch.tokens, batch.modality, inputs, batch.span_grid, batch.times, queries, coords, masked)
         if inputs is None or not inputs.numel():  # no latents: the adapters still run, on zero rows
             no_grid = batch.span_grid[:0]
             h = h + idle(self.latent_in, h.new_zeros(0, self.cfg.patch_dim), no_grid) + idle(self.time_embed, h.new_zeros(0))
@@ -201,16 +210,21 @@ class MultimodalModel(nn.Module):
         return err[batch.latent_loss].mean(), int(batch.latent_loss.sum())
 
     def _mar_loss(self, h, batch, zero):
-        sources = batch.target_kind == pb.IMAGE_LOSS  # positions whose next token is a generated latent
-        if batch.latents is None or not bool(sources.any()):
-            d = self.cfg.patch_dim
-            return zero + idle(self.mar_head, h.new_zeros(0, d), h.new_zeros(0), h[0, :0]), 0
-        full = torch.zeros(*batch.tokens.shape, batch.latents.shape[-1], dtype=batch.latents.dtype,
-                           device=batch.latents.device)
-        full[batch.latent_mask] = batch.latents
-        targets = full[:, 1:][sources[:, :-1]]  # (n, D): the latent right after each source
-        z = h[sources]
-        return self.mar_head_loss(z, targets), int(sources.sum())
+        """MARHead's flow loss on each generated latent, conditioned on the transformer output at
+        the position before it (in order) or at its own masked position (masked mar)."""
+        z, x1 = h[0, :0], None
+        # the config, not self.mask_embedding, says masked: a last pipeline stage holds no embeddings
+        if batch.latents is not None and self.cfg.mar_order == "masked":
+            z, x1 = h[batch.latent_mask][batch.latent_loss], batch.latents[batch.latent_loss]
+        elif batch.latents is not None:
+            sources = batch.target_kind == pb.IMAGE_LOSS  # positions whose next token is a generated latent
+            full = torch.zeros(*batch.tokens.shape, batch.latents.shape[-1], dtype=batch.latents.dtype,
+                               device=batch.latents.device)
+            full[batch.latent_mask] = batch.latents
+            z, x1 = h[sources], full[:, 1:][sources[:, :-1]]  # x1: the latent right after each source
+        if not len(z):
+            return zero + idle(self.mar_head, h.new_zeros(0, self.cfg.patch_dim), h.new_zeros(0), h[0, :0]), 0
+        return self.mar_head_loss(z, x1), len(z)
 
     def mar_head_loss(self, z: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
         """Flow matching on each token, `diffusion_batch_mul` noise/time draws per token (MAR)."""

@@ -37,6 +37,7 @@ class Decoder:
         self.latents = torch.zeros(self.rows, longest, cfg.patch_dim, device=device)
         self.times = torch.ones(self.rows, longest, device=device)
         self.queries = torch.full((self.rows, longest, 3), -1, dtype=torch.long, device=device)
+        self.masked = torch.zeros(self.rows, longest, dtype=torch.bool, device=device)
         self.grids: list[tuple[int, int, int]] = []  # spans of each row, same for every row
         self.next_position = pos[:, -1] + 1  # (B,) where the next token goes
         self.cache = None
@@ -58,13 +59,14 @@ class Decoder:
     def append(self, tokens: torch.Tensor, modality: int = pb.TEXT, positions: torch.Tensor | None = None,
                latents: torch.Tensor | None = None, times: torch.Tensor | None = None, span: bool = False,
                grid: tuple[int, int, int] | None = None, queries: torch.Tensor | None = None,
-               commit: bool = True) -> torch.Tensor:
+               masked: torch.Tensor | None = None, commit: bool = True) -> torch.Tensor:
         """Add L tokens to every row and return their (B, L, W) hidden states.
 
         tokens (B, L) ids (0 at latent patches); positions (B, L, 3) or None for consecutive text
         positions; latents (B, L, D) and times (B, L) for continuous patches; `span` starts a new
         image span of `grid` (a transfusion image is appended whole, mar tokens one at a time with
-        `span` only on the first); queries (B, L, 3) mar random-order target coordinates."""
+        `span` only on the first); queries (B, L, 3) mar random-order target coordinates; masked
+        (B, L) bool: masked mar's still-unknown tokens (their input is the mask embedding)."""
         b, n = tokens.shape
         saved = self._snapshot() if not commit else None
         if positions is None:
@@ -74,7 +76,7 @@ class Decoder:
             if span:
                 self.grids.append(grid)
             span_id = len(self.grids)
-        self._extend(tokens, modality, span_id, positions, latents, times, queries)
+        self._extend(tokens, modality, span_id, positions, latents, times, queries, masked)
         if modality == pb.TEXT:
             self.next_position = positions[:, -1, 0] + 1
         elif grid is not None and span:
@@ -85,7 +87,7 @@ class Decoder:
         return hidden
 
     # ---- internals --------------------------------------------------------------------------
-    def _extend(self, tokens, modality, span_id, positions, latents, times, queries) -> None:
+    def _extend(self, tokens, modality, span_id, positions, latents, times, queries, masked) -> None:
         b, n = tokens.shape
         cat = lambda old, new: torch.cat([old, new.to(old.dtype)], 1)  # noqa: E731
         self.tokens = cat(self.tokens, tokens)
@@ -98,10 +100,11 @@ class Decoder:
         self.times = cat(self.times, times if times is not None else torch.ones(b, n, device=self.device))
         q = queries if queries is not None else torch.full((b, n, 3), -1, dtype=torch.long, device=self.device)
         self.queries = cat(self.queries, q)
+        self.masked = cat(self.masked, masked if masked is not None else torch.zeros_like(tokens, dtype=torch.bool))
         self.pending = n
 
     def _snapshot(self):
-        names = ("tokens", "segment", "modality", "span", "positions", "latents", "times", "queries")
+        names = ("tokens", "segment", "modality", "span", "positions", "latents", "times", "queries", "masked")
         return {k: getattr(self, k) for k in names} | {"grids": list(self.grids), "next_position": self.next_position}
 
     def _restore(self, saved) -> None:
@@ -122,7 +125,7 @@ class Decoder:
         coords = None
         if model.patch_position is not None:  # over the whole sequence: a span may begin before sl
             coords = pb.grid_coordinates(self.positions, self.span)[:, sl]
-        h = model.embed(tokens, modality, latents, span_grid, times, self.queries[:, sl], coords)
+        h = model.embed(tokens, modality, latents, span_grid, times, self.queries[:, sl], coords, self.masked[:, sl])
         if self.cache is not None:
             ctx = model.context(self.segment, self.span, self.positions, cache=self.cache, query_len=n)
         else:

@@ -5,7 +5,10 @@
   transfusion  the whole image at once: an ODE (Euler or Heun, `steps`) from noise, each step one
                forward over the image tokens against the cached prompt
   mar          token by token (raster or a seeded random order): the hidden state before each
-               token conditions MARHead, whose ODE (`steps`) turns noise * temperature into it
+               token conditions MARHead, whose ODE (`steps`) turns noise * temperature into it;
+               mar_order="masked": the whole image starts as mask embeddings and is filled in over
+               `fill_steps` passes in a seeded random order (MAR's cosine schedule: few tokens
+               first, more later), each pass revealing tokens from their own outputs
   discrete     code by code from the LM head restricted to the codebook: temperature, top-k, top-p
 
 Guidance (`cfg_scale` not None) runs a second set of rows whose prompt is the empty caption
@@ -15,6 +18,8 @@ Returns latents (B, C, H, W) / (B, T, C, H, W) or codes (B, H, W) / (B, T, H, W)
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -29,8 +34,9 @@ from model.sampling.text import pick
 def generate_images(model: MultimodalModel, captions: list[list[int]], bos_id: int,
                     grid: tuple[int, int, int] | None = None, steps: int = 20, method: str = "euler",
                     cfg_scale: float | None = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                    seed: int = 0, use_cache: bool = True) -> torch.Tensor:
-    """`grid` = (frames, H/p, W/p) in tokens; default one frame of the configured latent size."""
+                    seed: int = 0, use_cache: bool = True, fill_steps: int = 8) -> torch.Tensor:
+    """`grid` = (frames, H/p, W/p) in tokens; default one frame of the configured latent size;
+    `fill_steps`: masked mar's transformer passes per image (at most one per token)."""
     cfg = model.cfg
     side = cfg.latent_size // cfg.patch_size
     grid = tuple(grid or (1, side, side))
@@ -41,9 +47,10 @@ def generate_images(model: MultimodalModel, captions: list[list[int]], bos_id: i
     n = grid[0] * grid[1] * grid[2]
     decoder = Decoder(model, prompts, n + 1, use_cache)
     g = torch.Generator().manual_seed(seed)
-    run = {"transfusion": _transfusion, "mar": _mar, "discrete": _discrete}[cfg.mode]
+    run = {"transfusion": _transfusion, "mar": _mar_masked if cfg.mar_order == "masked" else _mar,
+           "discrete": _discrete}[cfg.mode]
     out = run(decoder, len(captions), grid, g, steps=steps, method=method, cfg_scale=cfg_scale,
-              temperature=temperature, top_k=top_k, top_p=top_p)
+              temperature=temperature, top_k=top_k, top_p=top_p, fill_steps=fill_steps)
     if cfg.mode == "discrete":
         codes = (out - cfg.code_offset).reshape(len(captions), *grid)
         return codes.squeeze(1) if grid[0] == 1 else codes
@@ -115,6 +122,49 @@ def _mar(decoder: Decoder, b: int, grid, g, *, steps, method, cfg_scale, tempera
                            queries=q[:, None] if q is not None else None)
         z = h[:, -1]
     return out
+
+
+def revealed_after(n: int, steps: int) -> list[int]:
+    """Tokens known after each of masked mar's fill passes: MAR's cosine schedule (the masked
+    count after pass k is n * cos(pi/2 * k / steps), rounded down), at least one more per pass,
+    all n after the last."""
+    steps = max(1, min(steps, n))
+    known = []
+    for k in range(1, steps + 1):
+        masked = math.floor(n * math.cos(math.pi / 2 * k / steps))
+        known.append(max(n - masked, (known[-1] if known else 0) + 1, k))
+    known[-1] = n
+    return [min(k, n) for k in known]
+
+
+def _mar_masked(decoder: Decoder, b: int, grid, g, *, steps, method, cfg_scale, temperature, fill_steps, **_):
+    model, rows, device = decoder.model, decoder.rows, decoder.device
+    decoder.prefill()
+    positions = _image_positions(decoder, grid)
+    n, dim = positions.shape[1], model.cfg.patch_dim
+    order = torch.stack([torch.randperm(n, generator=g) for _ in range(b)]).to(device)  # (b, n)
+    tokens = torch.zeros(rows, n, dtype=torch.long, device=device)
+    known = torch.zeros(b, n, dim, device=device)
+    masked = torch.ones(b, n, dtype=torch.bool, device=device)
+    done = 0
+    for upto in revealed_after(n, fill_steps):
+        h = decoder.append(tokens, _modality(grid), positions, latents=known.repeat(rows // b, 1, 1),
+                           masked=masked.repeat(rows // b, 1), span=True, grid=grid, commit=False)  # (rows, n, W)
+        cells = order[:, done:upto].repeat(rows // b, 1)  # unconditional rows reveal their row's cells
+        z = h.gather(1, cells[..., None].expand(-1, -1, h.shape[-1])).reshape(-1, h.shape[-1])
+        m = upto - done
+        x0 = temperature * torch.randn(b * m, dim, generator=g).to(device)
+
+        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            v = model.mar_head(x.repeat(rows // b, 1), t.repeat(rows // b), z).float()
+            return _split(v, b * m, cfg_scale)
+
+        new = integrate(velocity, x0, steps, method).reshape(b, m, dim)
+        mine = order[:, done:upto]
+        known.scatter_(1, mine[..., None].expand(-1, -1, dim), new)
+        masked.scatter_(1, mine, False)
+        done = upto
+    return known
 
 
 def _discrete(decoder: Decoder, b: int, grid, g, *, cfg_scale, temperature, top_k, top_p, **_):

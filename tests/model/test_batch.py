@@ -101,6 +101,19 @@ def test_mar_random_order_permutes_generated_images_only():
     assert torch.equal(first[0], docs[1].latent[:, h, w])
 
 
+def test_masked_mar_masks_most_of_each_generated_image_only():
+    """MAR's masking ratio: at least mar_mask_min of a generated image (at least one token), a
+    different subset per image and draw; understanding images are never masked."""
+    cfg = tiny_config("mar", mar_order="masked", mar_mask_min=0.5)
+    docs = [Document("generate", [5], latent=torch.randn(cfg.latent_channels, 4, 4)) for _ in range(20)]
+    docs.append(Document("understand", [5], latent=torch.randn(cfg.latent_channels, 4, 4)))
+    b = packer(cfg).pack(docs, generator=torch.Generator().manual_seed(0))
+    per_image = b.latent_loss.reshape(len(docs), 16)  # rows may reorder documents: sort by count
+    counts = sorted(per_image.sum(1).tolist())
+    assert counts[0] == 0 and counts[1] >= 8 and counts[-1] <= 16 and len(set(counts[1:])) > 1
+    assert len({tuple(row.tolist()) for row in per_image}) > 2
+
+
 def test_bad_documents_are_data_errors():
     cfg = tiny_config("transfusion")
     with pytest.raises(DataError, match="channels"):

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from model import batch as pb
 from model.batch import Document
 from model.rope import apply_rotary, rotary_angles
 from support.model_helpers import documents, packer, tiny_config, tiny_model
@@ -34,6 +35,7 @@ def test_every_part_of_the_loss_falls_when_overfitting(mode):
 @pytest.mark.parametrize("overrides", [
     {"mode": "transfusion", "conv_adapter": True, "adapter_channels": 16, "patch_size": 2},
     {"mode": "mar", "mar_order": "random"},
+    {"mode": "mar", "mar_order": "masked"},
     {"mode": "discrete", "patch_positions": True},
 ])
 def test_variants_train(overrides):
@@ -103,6 +105,7 @@ def test_every_parameter_gets_a_gradient_even_from_a_batch_without_images(mode):
 @pytest.mark.parametrize("overrides", [
     {"mode": "transfusion", "conv_adapter": True, "adapter_channels": 16, "patch_size": 2, "patch_positions": True},
     {"mode": "mar", "mar_order": "random"},
+    {"mode": "mar", "mar_order": "masked"},
     {"mode": "discrete"},
 ])
 @pytest.mark.parametrize("kind", ["text", "understand"])
@@ -134,3 +137,19 @@ def test_patch_positions_tell_identical_patches_apart():
         h = model.embed_batch(batch, batch.latents)[batch.latent_mask]
         distinct = len({tuple(row.tolist()) for row in h.detach().round(decimals=5)})
         assert distinct == (h.shape[0] if positions else 1), (positions, distinct)
+
+
+def test_masked_mar_hides_what_it_masks_and_predicts_it_in_place():
+    """Masked mar: a generated image's masked latents enter as the mask embedding (changing them
+    changes no hidden state), understanding images stay whole, no token predicts the next image
+    token, and image tokens see their whole image."""
+    cfg = tiny_config("mar", mar_order="masked")
+    model = tiny_model(cfg)
+    batch = packer(cfg).pack(documents(cfg), generator=torch.Generator().manual_seed(0))
+    generated = batch.latent_loss
+    assert bool(generated.any()) and not bool((batch.target_kind == pb.IMAGE_LOSS).any())
+    hidden = lambda b: model.trunk(model.embed_batch(b, b.latents), model.batch_context(b))  # noqa: E731
+    before = hidden(batch)
+    batch.latents = torch.where(generated[:, None], torch.randn_like(batch.latents), batch.latents)
+    torch.testing.assert_close(hidden(batch), before)
+    assert model.bidirectional

@@ -12,7 +12,8 @@ def models():
     out = {}
     variants = [("transfusion", {}), ("mar", {}), ("discrete", {}), ("mar-random", {"mar_order": "random"}),
                 ("transfusion-positions", {"patch_positions": True}),
-                ("mar-random-positions", {"mar_order": "random", "patch_positions": True})]
+                ("mar-random-positions", {"mar_order": "random", "patch_positions": True}),
+                ("mar-masked", {"mar_order": "masked"})]
     for mode, extra in variants:
         cfg = tiny_config(mode.split("-")[0], **extra)
         model = tiny_model(cfg)
@@ -53,7 +54,7 @@ def test_text_is_seeded_and_cache_matches_recompute(models):
 
 
 @pytest.mark.parametrize("mode", ["transfusion", "mar", "mar-random", "discrete", "transfusion-positions",
-                                  "mar-random-positions"])
+                                  "mar-random-positions", "mar-masked"])
 def test_image_generation_is_seeded_cached_and_cfg1_is_conditional(models, mode):
     model = models[mode]
     kwargs = dict(steps=4, seed=1, temperature=1.0)
@@ -80,7 +81,7 @@ def test_transfusion_heun_and_video(models):
     assert video.shape == (1, 2, 4, 4, 4) and torch.isfinite(video).all()
 
 
-@pytest.mark.parametrize("mode", ["transfusion", "discrete", "transfusion-positions"])
+@pytest.mark.parametrize("mode", ["transfusion", "discrete", "transfusion-positions", "mar-masked"])
 def test_captioning_cached_matches_uncached(models, mode):
     model = models[mode]
     cfg = model.cfg
@@ -101,3 +102,14 @@ def test_ode_and_guidance_helpers():
     c, u = torch.randn(4), torch.randn(4)
     assert torch.equal(guided(c, u, 1.0), c)
     assert torch.allclose(guided(c, u, 3.0), u + 3 * (c - u))
+
+
+@pytest.mark.parametrize("n, steps", [(16, 8), (16, 1), (3, 8), (64, 5)])
+def test_masked_mar_reveals_every_token_once_more_each_pass(n, steps):
+    from model.sampling.images import revealed_after
+
+    known = revealed_after(n, steps)
+    assert known[-1] == n and len(known) == min(n, steps)
+    assert all(b > a for a, b in zip([0, *known], known))
+    if len(known) > 2:  # the cosine schedule: few tokens first, more later
+        assert known[0] <= known[-1] - known[-2]
