@@ -344,7 +344,6 @@ class Packer:
         return PackedBatch(tokens, modality, segment, span, positions, targets, kinds, packed_latents,
                            latent_loss, times, span_grid)
 
-
     def _masked(self, n: int, generated: bool, generator: torch.Generator | None) -> torch.Tensor:
         """(n,) bool: which tokens of an image masked mar masks (and puts the image loss on). MAR's
         masking ratio: a normal around 1 (std 0.25) clipped to [mar_mask_min, 1], at least one
