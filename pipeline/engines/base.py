@@ -108,19 +108,19 @@ class Engine(ABC):
 
     def held_state_bytes(self) -> dict[str, int]:
         """Bytes of model state this rank holds: its parameters (a shard counts as its local
-        part) and its optimizer state (moments; master weights where they are copies). What
-        sharding (FSDP, ZeRO) divides across ranks; logged beside the peak memory."""
-        params, optimizers = self.state_holders()
-        own = {id(p) for p in params}
-        moments = tensor_bytes(t for opt in optimizers for state in opt.state.values() for t in state.values())
-        masters = tensor_bytes(p for opt in optimizers for g in opt.param_groups for p in g["params"]
-                               if id(p) not in own)
-        return {"parameters": tensor_bytes(params), "optimizer": moments + masters}
+        part) and its optimizer state (moments; master weights where they are copies, not the
+        parameters' own storage). What sharding (FSDP, ZeRO) divides across ranks; logged beside
+        the peak memory."""
+        params, moments, masters = self.state_holders()
+        own = {_storage(p) for p in params}
+        copies = [m for m in masters if _storage(m) not in own]
+        return {"parameters": tensor_bytes(params), "optimizer": tensor_bytes(moments) + tensor_bytes(copies)}
 
-    def state_holders(self) -> tuple[list[torch.Tensor], list[torch.optim.Optimizer]]:
-        """This rank's parameter tensors and the torch optimizers that step them (an engine's
-        wrapper optimizer keeps one inside)."""
-        return list(self.model.parameters()), [self.optimizer]
+    def state_holders(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """This rank's parameter tensors, optimizer moments and the master weights the optimizer
+        steps (engines with a wrapper optimizer find the torch one inside)."""
+        return (list(self.model.parameters()), optimizer_moments([self.optimizer]),
+                [p for g in self.optimizer.param_groups for p in g["params"]])
 
     def eval_model(self) -> MultimodalModel | None:
         """A plain one-device MultimodalModel holding the current weights on rank 0 (None on
@@ -150,6 +150,15 @@ def tensor_bytes(tensors) -> int:
             t = t.to_local() if hasattr(t, "to_local") else t
             total += t.numel() * t.element_size()
     return total
+
+
+def optimizer_moments(optimizers) -> list[torch.Tensor]:
+    """Every state tensor (Adam's exp_avg, exp_avg_sq, ...) of these torch optimizers."""
+    return [t for opt in optimizers for state in opt.state.values() for t in state.values()]
+
+
+def _storage(t: torch.Tensor) -> int:
+    return (t.to_local() if hasattr(t, "to_local") else t).untyped_storage().data_ptr()
 
 
 @dataclass(frozen=True)

@@ -130,16 +130,19 @@ def _steps(engine, first: int, last: int) -> list:
 
 def worker(rank: int, world: int, engine_name: str, layout: dict, steps: int, mode: str, port: int,
            out_path: str, model_options: dict | None = None, precision: str = "fp32",
-           settings: dict | None = None) -> None:
+           settings: dict | None = None, export: bool = False) -> None:
+    """Trains `steps` steps; rank 0 writes losses, grad norms and held bytes to out_path and,
+    with `export`, the exported weights (rank 0's names) to out_path + ".weights.pt"."""
     from pipeline.distributed import exit_process
 
     cfg = train_config(mode, layout, engine_name, model_options=model_options, precision=precision,
                        settings=settings)
     engine = _engine_in_process(rank, world, port, engine_name, cfg)
     results = _steps(engine, 0, steps)
-    weights = engine.export_state_dict()  # every rank takes part; rank 0's names beside out_path
+    weights = engine.export_state_dict() if export else None  # every rank takes part
     if rank == 0:
-        torch.save(weights, f"{out_path}.weights.pt")
+        if export:
+            torch.save(weights, f"{out_path}.weights.pt")
         with open(out_path, "w", encoding="utf-8") as f:
             json.dump({"losses": [r.losses["loss"] for r in results], "grad_norms": [r.grad_norm for r in results],
                        "held": engine.held_state_bytes()}, f)

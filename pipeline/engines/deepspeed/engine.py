@@ -37,7 +37,7 @@ from core.errors import ConfigError, DataError
 from model.config import ModelConfig
 from model.multimodal import MultimodalModel
 from pipeline.distributed import DistInfo, join_single_process_group
-from pipeline.engines.base import LOSS_PARTS, Engine, StepResult, tensor_bytes
+from pipeline.engines.base import LOSS_PARTS, Engine, StepResult, optimizer_moments
 from pipeline.engines.deepspeed.average import MasterAverage, master_partitions, whole_fp32
 from pipeline.engines.deepspeed.pipe import Feed, nodd_named_parameters, pipeline_module
 from pipeline.engines.deepspeed.universal import reshardable, universal_copy
@@ -103,7 +103,7 @@ class DeepSpeedEngine(Engine):
         recompute = cfg.train.activation_checkpointing  # torch's non-reentrant recompute of each block
         self.feed = None
         if self.pcfg.pp > 1:  # DeepSpeed's pipeline engine over nodd's layers (pipe.py)
-            self.feed = Feed()
+            self.feed = Feed(model)
             module = pipeline_module(model, self.pcfg.pp, self.feed, recompute)
         else:
             model.backbone.checkpoint_blocks = recompute
@@ -212,23 +212,18 @@ class DeepSpeedEngine(Engine):
         if self.average is not None:
             self.average.load(folder)
 
-    def held_state_bytes(self) -> dict[str, int]:
+    def state_holders(self):
         # ZeRO-3 leaves each parameter empty outside its module's forward; ds_tensor is this
         # rank's partition. The ZeRO optimizer wraps the torch (or CPU) Adam, whose state holds
-        # the moments, and keeps fp32 master partitions (copies even in fp32; counted only where
-        # they are not the parameters' own storage).
+        # the moments, and keeps fp32 master partitions of its own (copies, even in fp32).
         params = [getattr(p, "ds_tensor", p) for p in self.engine.module.parameters()]
-        own = {p.untyped_storage().data_ptr() for p in params}
-        moments = [t for state in self.engine.optimizer.optimizer.state.values() for t in state.values()]
-        masters = [m for m in master_partitions(self.engine.optimizer) if m.untyped_storage().data_ptr() not in own]
-        return {"parameters": tensor_bytes(params), "optimizer": tensor_bytes(moments) + tensor_bytes(masters)}
+        return params, optimizer_moments([self.engine.optimizer.optimizer]), master_partitions(self.engine.optimizer)
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         """The fp32 weights (in bf16: ZeRO's fp32 master copies, not the rounded bf16 ones), or
         with optim.ema_decay their average, whole, kept by rank 0 (with a pipeline: each stage's
         by its first data-parallel rank)."""
-        named = self._named_parameters()
-        weights = self.average.whole() if self.average is not None else whole_fp32(named)
+        weights = self.average.whole() if self.average is not None else whole_fp32(self._named_parameters())
         return weights if self._keeps_whole_weights else {}
 
 

@@ -1,6 +1,6 @@
 """nodd's model as DeepSpeed's PipelineModule (train.engine=deepspeed with parallel.pp > 1).
 
-    feed = Feed()
+    feed = Feed(full_model)
     module = pipeline_module(full_model, stages, feed, recompute)   # this rank's stage of it
     feed.start(micro_batches, seeds); engine.train_batch(iter(feed.indices()))
 
@@ -37,7 +37,8 @@ class Feed:
     """This step's micro-batches and seeds, shared by the layers of one rank; the last stage
     leaves each micro-batch's loss breakdown in `outputs`."""
 
-    def __init__(self):
+    def __init__(self, model: MultimodalModel):
+        self.model = model  # builds each micro-batch's attention context (not a submodule: no parameters here)
         self.batches: list[PackedBatch] = []
         self.seeds: list[int] = []
         self.outputs: list[StepOutput] = []
@@ -57,11 +58,11 @@ class Feed:
             torch.manual_seed(self.seeds[i])
         return self.batches[i]
 
-    def context(self, micro: torch.Tensor, model: MultimodalModel) -> AttentionContext:
+    def context(self, micro: torch.Tensor) -> AttentionContext:
         """The micro-batch's masks and rotary angles, built once per step for all blocks here."""
         i = int(micro[0])
         if i not in self._contexts:
-            self._contexts[i] = model.batch_context(self.batches[i])
+            self._contexts[i] = self.model.batch_context(self.batches[i])
         return self._contexts[i]
 
 
@@ -92,11 +93,10 @@ class BlockLayer(nn.Module):
         super().__init__()
         self.block: Block = model.backbone.layers[index]
         self.index, self.feed, self.recompute = index, feed, recompute
-        self._context_maker = _part(model, ())  # builds masks; holds no parameters
 
     def forward(self, args: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         h, micro = args
-        ctx = self.feed.context(micro, self._context_maker)
+        ctx = self.feed.context(micro)
         if self.recompute and torch.is_grad_enabled():  # train.activation_checkpointing
             return checkpoint(self.block, h, ctx, use_reentrant=False), micro
         return self.block(h, ctx), micro

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from core.errors import ConfigError
 from model.config import ModelConfig
 from pipeline.distributed import DistInfo, join_single_process_group
-from pipeline.engines.base import LOSS_PARTS, Engine, StepResult
+from pipeline.engines.base import LOSS_PARTS, Engine, StepResult, optimizer_moments
 from pipeline.engines.ema import WeightAverage
 from pipeline.engines.native.precision import DTYPES
 from pipeline.engines.parallel import ParallelConfig
@@ -262,7 +262,8 @@ class MegatronEngine(Engine):
 
     def state_holders(self):
         inner = [o.optimizer for o in getattr(self.optimizer, "chained_optimizers", [self.optimizer])]
-        return [p for m in self.models for p in m.parameters()], inner
+        masters = [p for opt in inner for g in opt.param_groups for p in g["params"]]  # fp32 mains in bf16
+        return [p for m in self.models for p in m.parameters()], optimizer_moments(inner), masters
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         """Whole tensors in MultimodalModel names: the tensor-parallel shards of this rank's

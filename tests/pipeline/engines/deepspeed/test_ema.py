@@ -13,7 +13,7 @@ STEPS, DP2 = 3, {"dp_shard": 2}
 
 def exported(tmp_path, settings):
     out = tmp_path / f"{len(list(tmp_path.iterdir()))}.json"
-    mp.spawn(worker, args=(2, "deepspeed", DP2, STEPS, "transfusion", free_port(), str(out), None, "fp32", settings),
+    mp.spawn(worker, args=(2, "deepspeed", DP2, STEPS, "transfusion", free_port(), str(out), None, "fp32", settings, True),
              nprocs=2, join=True)
     return torch.load(f"{out}.weights.pt", weights_only=True)
 
