@@ -30,6 +30,7 @@ import torch
 from einops import rearrange
 
 from core.errors import ConfigError, DataError
+from model import scales
 from model.config import ModelConfig
 
 TEXT, IMAGE, VIDEO = 0, 1, 2  # modality ids
@@ -46,6 +47,9 @@ class Document:
     text_ids: list[int]
     latent: torch.Tensor | np.ndarray | None = None  # (C, H, W) or (T, C, H, W), continuous modes
     codes: torch.Tensor | np.ndarray | None = None  # (H, W) or (T, H, W), discrete mode
+    # discrete next-scale (model.var_scales): the code map at every scale, coarse to fine
+    # (model/scales.py code_pyramid; the loader makes it with the image tokenizer)
+    scale_codes: list | None = None
 
 
 @dataclass
@@ -64,6 +68,8 @@ class PackedBatch:
     #                           images (masked mar: the masked ones; they enter as the mask embedding)
     times: torch.Tensor | None  # (N,) float: diffusion time per latent token, 1 = clean (transfusion)
     span_grid: torch.Tensor  # (S, 3) long: (T, H/p, W/p) of every span, in batch order
+    latent_targets: torch.Tensor | None = None  # (N, D) continuous next-scale (var_scales): the scale token
+    #                           each latent token's head predicts (its input, `latents`, is the coarser sum)
 
     @property
     def latent_mask(self) -> torch.Tensor:
@@ -138,6 +144,8 @@ class _Encoded:
     latents: list[torch.Tensor]  # per span (n_i, D)
     grids: list[tuple[int, int, int]]
     generated: list[bool]  # per span: does it carry the image loss
+    own: list[int] = None  # per position: a target read at the position itself (next-scale codes), IGNORE = none
+    targets: list[torch.Tensor] = None  # per span (n_i, D): what the head predicts (next-scale), else the latents
 
 
 def best_fit(lengths: list[int], seq_len: int, rows: int | None = None) -> tuple[list[list[int]], list[int]]:
@@ -203,6 +211,8 @@ class Packer:
             raise DataError(f"unknown document task {doc.task!r}; expected text, generate or understand")
         if doc.task == "text":
             return specials + len(doc.text_ids)
+        if doc.task == "generate" and self.cfg.next_scale_images:
+            return specials + len(doc.text_ids) + scales.scale_tokens(self.cfg.var_scales)
         image = doc.codes if self.cfg.mode == "discrete" else doc.latent
         if image is None:
             raise DataError(f"{self.cfg.mode} mode needs {'codes' if self.cfg.mode == 'discrete' else 'latents'}")
@@ -215,7 +225,7 @@ class Packer:
         cfg = self.cfg
         if doc.task not in ("text", "generate", "understand"):
             raise DataError(f"unknown document task {doc.task!r}; expected text, generate or understand")
-        out = _Encoded([], [], [], torch.zeros(0, 3, dtype=torch.long), [], [], [], [])
+        out = _Encoded([], [], [], torch.zeros(0, 3, dtype=torch.long), [], [], [], [], [], [])
         pos: list[torch.Tensor] = []
         cursor = 0
 
@@ -226,11 +236,16 @@ class Packer:
                 out.modality.append(TEXT)
                 out.span.append(0)
                 out.kinds.append(kind)
+                out.own.append(IGNORE)
             pos.append(_text_positions(cursor, len(ids)))
             cursor += len(ids)
 
         def add_image(generated: bool) -> None:
             nonlocal cursor
+            if generated and cfg.next_scale_images:
+                pos.extend(self._add_scales(doc, out, cursor))
+                cursor += cfg.latent_size // cfg.patch_size
+                return
             tokens, vectors, grid, modality = self._image_tokens(doc)
             span_positions = grid_positions(cursor, grid)
             if cfg.mode == "mar" and cfg.mar_order == "random" and generated:
@@ -243,11 +258,13 @@ class Packer:
             # predicts nothing. Transfusion and masked mar put the image loss on the latents themselves.
             kind = IMAGE_LOSS if generated and cfg.next_token_images else NO_LOSS
             out.kinds.extend([kind] * (len(tokens) - 1) + [NO_LOSS])
+            out.own.extend([IGNORE] * len(tokens))
             pos.append(span_positions)
             out.grids.append(grid)
             out.generated.append(generated)
             if vectors is not None:
                 out.latents.append(vectors)
+                out.targets.append(vectors)
             cursor += max(grid)
 
         if doc.task == "text":
@@ -268,6 +285,53 @@ class Packer:
             add_text([self.eos], NO_LOSS)
         out.positions = torch.cat(pos)
         return out
+
+    def _add_scales(self, doc: Document, out: _Encoded, start: int) -> list[torch.Tensor]:
+        """A generated image in next-scale order (model/scales.py): one span per scale; returns
+        the blocks' positions. Continuous: inputs are the coarser sum, targets the residual
+        tokens. Discrete: inputs are the coarser scale's codes (block 1: [boi]), own targets the
+        scale's codes."""
+        cfg, p = self.cfg, self.cfg.patch_size
+        sides, full = cfg.var_scales, cfg.latent_size // p
+        if cfg.mode == "discrete":
+            if doc.scale_codes is None or len(doc.scale_codes) != len(sides):
+                raise DataError(f"discrete next-scale generation needs the codes at every scale {list(sides)} "
+                                "(Document.scale_codes; the loader makes them with the image tokenizer)")
+            maps = [torch.as_tensor(np.asarray(c), dtype=torch.long) for c in doc.scale_codes]
+            if [tuple(m.shape) for m in maps] != [(s, s) for s in sides]:
+                raise DataError(f"scale codes of shapes {[tuple(m.shape) for m in maps]} do not match "
+                                f"model.var_scales={list(sides)}")
+            if any(int(m.min()) < 0 or int(m.max()) >= cfg.codebook_size for m in maps):
+                raise DataError(f"scale codes outside [0, {cfg.codebook_size}): they were made with another "
+                                "tokenizer than model.codebook_size says")
+            inputs = [torch.full((sides[0], sides[0]), cfg.boi_id - cfg.code_offset)]
+            inputs += [scales.upsample_codes(m, s) for m, s in zip(maps[:-1], sides[1:])]
+            blocks = [((i + cfg.code_offset).flatten().tolist(), (m + cfg.code_offset).flatten().tolist(), None, None)
+                      for i, m in zip(inputs, maps)]
+        else:
+            latent = torch.as_tensor(np.asarray(doc.latent), dtype=torch.float32) if doc.latent is not None else None
+            if latent is None or latent.dim() != 3:
+                raise DataError("next-scale generation (model.var_scales) needs one image latent (C, H, W) per "
+                                "document, not a video or codes")
+            self._image_tokens(doc)  # the same checks as every latent (channels)
+            tokens = scales.residual_scales(latent, [s * p for s in sides])
+            inputs = scales.scale_inputs(tokens, latent.shape[-1])
+            blocks = [([0] * s * s, [IGNORE] * s * s, patchify(x, p)[0], patchify(t, p)[0])
+                      for s, x, t in zip(sides, inputs, tokens)]
+        positions = []
+        for side, (ids, own, vectors, targets) in zip(sides, blocks):
+            out.tokens.extend(ids)
+            out.modality.extend([IMAGE] * len(ids))
+            out.span.extend([len(out.grids) + 1] * len(ids))
+            out.kinds.extend([IMAGE_LOSS if cfg.mode == "discrete" else NO_LOSS] * len(ids))
+            out.own.extend(own)
+            out.grids.append((1, side, side))
+            out.generated.append(True)
+            if vectors is not None:
+                out.latents.append(vectors)
+                out.targets.append(targets)
+            positions.append(scales.scale_positions(start, side, full))
+        return positions
 
     def _image_tokens(self, doc: Document):
         cfg = self.cfg
@@ -302,7 +366,8 @@ class Packer:
         span = torch.zeros(b, width, dtype=torch.long)
         positions = torch.zeros(b, width, 3, dtype=torch.long)
         kinds = torch.zeros(b, width, dtype=torch.long)
-        latents, grids, spans = [], [], []  # spans: (tokens, generated) in batch order
+        own = torch.full((b, width), IGNORE, dtype=torch.long)
+        latents, latent_targets, grids, spans = [], [], [], []  # spans: (tokens, generated) in batch order
         for r, docs in enumerate(rows):
             if not docs:
                 continue
@@ -312,12 +377,14 @@ class Packer:
             tokens[r, :end] = torch.tensor(list(itertools.chain.from_iterable(doc.tokens for doc in docs)))
             modality[r, :end] = torch.tensor(list(itertools.chain.from_iterable(doc.modality for doc in docs)))
             kinds[r, :end] = torch.tensor(list(itertools.chain.from_iterable(doc.kinds for doc in docs)))
+            own[r, :end] = torch.tensor(list(itertools.chain.from_iterable(doc.own for doc in docs)))
             segment[r, :end] = torch.repeat_interleave(torch.arange(1, len(docs) + 1), torch.tensor(lengths))
             positions[r, :end] = torch.cat([doc.positions for doc in docs])
             local_spans, spans_so_far = [], 0
             for doc in docs:
                 local_spans.extend(s + spans_so_far if s > 0 else 0 for s in doc.span)
                 spans_so_far += len(doc.grids)
+                latent_targets.extend(doc.targets)
                 for vectors, grid, generated in zip(doc.latents or [None] * len(doc.grids), doc.grids, doc.generated):
                     if vectors is not None:
                         latents.append(vectors)
@@ -331,6 +398,9 @@ class Packer:
         targets[:, :-1] = torch.where(has_target, tokens[:, 1:], IGNORE)
         kinds[:, :-1] = torch.where(has_target, kinds[:, :-1], NO_LOSS)
         kinds[:, -1] = NO_LOSS
+        # next-scale codes are predicted at their own position, not the one before
+        targets = torch.where(own != IGNORE, own, targets)
+        kinds = torch.where(own != IGNORE, IMAGE_LOSS, kinds)
         carries = self._masked if self.cfg.mode == "mar" and self.cfg.mar_order == "masked" else \
             (lambda n, generated, _g: torch.full((n,), generated))
         latent_loss = torch.cat([carries(n, generated, generator) for n, generated in spans]) if spans \
@@ -341,8 +411,11 @@ class Packer:
             times = torch.cat([sample_times(1, self.cfg.time_sampling, generator).expand(n) if generated
                                else torch.ones(n) for n, generated in spans])
         span_grid = torch.tensor(grids, dtype=torch.long).reshape(-1, 3)
+        targets_of_latents = None
+        if self.cfg.next_scale_images and self.cfg.mode == "mar" and packed_latents is not None:
+            targets_of_latents = torch.cat(latent_targets)
         return PackedBatch(tokens, modality, segment, span, positions, targets, kinds, packed_latents,
-                           latent_loss, times, span_grid)
+                           latent_loss, times, span_grid, targets_of_latents)
 
     def _masked(self, n: int, generated: bool, generator: torch.Generator | None) -> torch.Tensor:
         """(n,) bool: which tokens of an image masked mar masks (and puts the image loss on). MAR's

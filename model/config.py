@@ -6,7 +6,7 @@ the other modes are ignored but still validated, so switching `mode` never meets
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from core.errors import ConfigError
@@ -59,6 +59,11 @@ class ModelConfig:
             over a few steps, several tokens each (model/sampling/images.py).
         mar_mask_min: mar_order="masked": the smallest fraction of an image masked in training
             (the fraction is drawn from a normal around 1 with std 0.25, clipped to [min, 1]).
+        var_scales: next-scale prediction (VAR, model/scales.py) in mar mode (continuous residual
+            scales, the flow head) or discrete mode (a code pyramid, cross-entropy): the token grid
+            of each scale, coarse to fine, the last the full grid latent_size / patch_size, e.g.
+            [1, 2, 4, 8]. Empty (default): off. Every scale is one block: bidirectional inside,
+            causal across scales; one transformer pass per scale when sampling.
         head_width, head_depth: mar mode: the per-token MLP head (residual blocks with adaptive
             norm on the transformer output z and the time); head_width 0 = width.
         diffusion_batch_mul: mar mode: noise draws per token per step (MAR used 4).
@@ -88,6 +93,7 @@ class ModelConfig:
     time_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
     mar_order: Literal["raster", "random", "masked"] = "raster"
     mar_mask_min: float = 0.7
+    var_scales: list[int] = field(default_factory=list)
     head_width: int = 0
     head_depth: int = 3
     diffusion_batch_mul: int = 4
@@ -129,14 +135,28 @@ class ModelConfig:
         return self.latent_channels * self.patch_size**2
 
     @property
+    def next_scale_images(self) -> bool:
+        """Generated images are predicted scale by scale (VAR; model/scales.py)."""
+        return bool(self.var_scales) and self.mode in ("mar", "discrete")
+
+    @property
     def bidirectional_images(self) -> bool:
-        """Image tokens attend to their whole image (transfusion, masked mar), not causally."""
-        return self.mode == "transfusion" or (self.mode == "mar" and self.mar_order == "masked")
+        """Image tokens attend to their whole image (transfusion, masked mar) or scale block (VAR),
+        not causally."""
+        return (self.mode == "transfusion" or (self.mode == "mar" and self.mar_order == "masked")
+                or self.next_scale_images)
 
     @property
     def next_token_images(self) -> bool:
         """Each image token is predicted from the position before it (discrete, mar in order)."""
+        if self.next_scale_images:
+            return False
         return self.mode == "discrete" or (self.mode == "mar" and self.mar_order != "masked")
+
+    @property
+    def own_position_images(self) -> bool:
+        """The head reads each generated token's own output (masked mar, VAR), not the one before."""
+        return self.mode == "mar" and (self.mar_order == "masked" or self.next_scale_images)
 
     @property
     def mar_head_width(self) -> int:
@@ -184,8 +204,24 @@ class ModelConfig:
             raise ConfigError(f"model.mar_order must be raster, random or masked, got {self.mar_order!r}")
         if not 0 < self.mar_mask_min <= 1:
             raise ConfigError(f"model.mar_mask_min must be in (0, 1], got {self.mar_mask_min}")
-        if self.bidirectional_images and self.attention == "flash" and self.mode == "mar":
-            raise ConfigError("model.attention='flash' cannot run mar_order='masked': its image tokens attend to each "
-                              "other bidirectionally; use attention='flex', 'sdpa' or 'auto'")
+        if self.bidirectional_images and self.attention == "flash" and self.mode != "transfusion":
+            raise ConfigError("model.attention='flash' cannot run mar_order='masked' or var_scales: their image tokens "
+                              "attend to each other bidirectionally; use attention='flex', 'sdpa' or 'auto'")
+        if self.var_scales:
+            self._validate_scales()
         if self.image_loss_weight < 0 or self.init_std <= 0:
             raise ConfigError("model.image_loss_weight must be >= 0 and model.init_std > 0")
+
+    def _validate_scales(self) -> None:
+        scales, side = list(self.var_scales), self.latent_size // self.patch_size
+        if self.mode not in ("mar", "discrete"):
+            raise ConfigError(f"model.var_scales is next-scale prediction for mode='mar' (continuous) or 'discrete', "
+                              f"not mode={self.mode!r}; remove it or change the mode")
+        if self.mode == "mar" and self.mar_order != "raster":
+            raise ConfigError(f"model.var_scales orders the image by scale: it cannot also use "
+                              f"mar_order={self.mar_order!r}; leave mar_order at 'raster'")
+        if any(not isinstance(s, int) or s < 1 for s in scales) or scales != sorted(set(scales)):
+            raise ConfigError(f"model.var_scales must be increasing positive ints, got {scales}")
+        if scales[-1] != side:
+            raise ConfigError(f"model.var_scales must end at the full token grid latent_size / patch_size = {side}, "
+                              f"got {scales}; e.g. {[s for s in (1, 2, 4, 8, 16, 32) if s < side] + [side]}")

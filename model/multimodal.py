@@ -13,7 +13,9 @@ in transfusion; plus modality embedding) -> backbone (model/transformer.py) -> h
   transfusion image         latent_out -> velocity, MSE against x1 - x0 on generated images
   mar image                 the hidden state before each latent token conditions MARHead,
                             flow matching on that token, `diffusion_batch_mul` noise draws each
+                            (masked mar and next-scale: each token's own output conditions it)
   discrete image            LM head over the code ids, cross-entropy
+Next-scale prediction (model.var_scales, model/scales.py) adds a level embedding per scale.
 Top-level children may be None (a pipeline stage that does not own them); forward skips them.
 """
 
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model import batch as pb
+from model import scales
 from model.adapters import GridEmbedding, LatentInput, LatentOutput, MaskEmbedding, TimeEmbedding
 from model.attention import AttentionContext, KVCache
 from model.config import ModelConfig
@@ -57,6 +60,7 @@ class MultimodalModel(nn.Module):
         self.patch_position = GridEmbedding(cfg.width) if cfg.patch_positions else None
         masked = cfg.mode == "mar" and cfg.mar_order == "masked"
         self.mask_embedding = MaskEmbedding(cfg.width) if masked else None
+        self.scale_embedding = nn.Embedding(len(cfg.var_scales), cfg.width) if cfg.next_scale_images else None
         self.backbone = Backbone(cfg)
         self.lm_head = nn.Linear(cfg.width, cfg.vocab_size, bias=False)
         self.latent_out = LatentOutput(cfg) if cfg.mode == "transfusion" else None
@@ -85,7 +89,7 @@ class MultimodalModel(nn.Module):
         whole in this order and keeps its own shard, so every layout starts from the weights of
         one process (pipeline/engines/native/materialize.py)."""
         normal = partial(nn.init.normal_, std=self.cfg.init_std)
-        for module in (self.tok_embeddings, self.modality_embeddings, self.mask_embedding):
+        for module in (self.tok_embeddings, self.modality_embeddings, self.mask_embedding, self.scale_embedding):
             if module is not None:
                 yield module.weight, normal
         for part in (self.latent_in, self.time_embed, self.position_query, self.patch_position, self.latent_out):
@@ -109,12 +113,13 @@ class MultimodalModel(nn.Module):
     def embed(self, tokens: torch.Tensor, modality: torch.Tensor, latents: torch.Tensor | None,
               span_grid: torch.Tensor, times: torch.Tensor | None = None,
               queries: torch.Tensor | None = None, coords: torch.Tensor | None = None,
-              masked: torch.Tensor | None = None) -> torch.Tensor:
+              masked: torch.Tensor | None = None, levels: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) ids and modality, (N, D) latent inputs for the positions where modality != TEXT,
         (N,) diffusion times (transfusion), (B, T, 3) grid coordinates of the token each position
         must predict next, or -1 (mar random order), (B, T, 3) each token's own grid coordinates
         (`patch_positions`; see batch.grid_coordinates), (B, T) bool masked latent tokens (masked
-        mar: their input is the mask embedding) -> (B, T, W)."""
+        mar: their input is the mask embedding), (B, T) scale level of each image token or -1
+        (next-scale; scales.token_levels) -> (B, T, W)."""
         h = self.tok_embeddings(tokens)
         if latents is not None and latents.numel():
             lat = self.latent_in(latents, span_grid)
@@ -125,6 +130,9 @@ class MultimodalModel(nn.Module):
         if self.mask_embedding is not None:  # called on every batch (ZeRO-3), masking nothing without images
             h = self.mask_embedding(h, masked if masked is not None else torch.zeros_like(modality, dtype=torch.bool))
         h = h + self.modality_embeddings(modality)
+        if self.scale_embedding is not None:  # every batch (ZeRO-3): text-only batches add zero rows
+            lv = levels if levels is not None else torch.full_like(modality, -1)
+            h = h + torch.where((lv >= 0).unsqueeze(-1), self.scale_embedding(lv.clamp(min=0)), 0.0)
         if self.patch_position is not None and coords is not None:
             h = h + torch.where((modality != pb.TEXT).unsqueeze(-1), self.patch_position(coords), 0.0)
         if self.position_query is not None and queries is not None:
@@ -164,7 +172,11 @@ class MultimodalModel(nn.Module):
         masked = None
         if self.mask_embedding is not None:
             masked = torch.zeros_like(batch.tokens, dtype=torch.bool).masked_scatter(batch.latent_mask, batch.latent_loss)
-        h = self.embed(batch.tokens, batch.modality, inputs, batch.span_grid, batch.times, queries, coords, masked)
+        levels = None
+        if self.scale_embedding is not None:
+            levels = scales.token_levels(batch.span_ids, batch.span_grid, self.cfg.var_scales)
+        h = self.embed(batch.tokens, batch.modality, inputs, batch.span_grid, batch.times, queries, coords, masked,
+                       levels)
         if inputs is None or not inputs.numel():  # no latents: the adapters still run, on zero rows
             no_grid = batch.span_grid[:0]
             h = h + idle(self.latent_in, h.new_zeros(0, self.cfg.patch_dim), no_grid) + idle(self.time_embed, h.new_zeros(0))
@@ -211,11 +223,13 @@ class MultimodalModel(nn.Module):
 
     def _mar_loss(self, h, batch, zero):
         """MARHead's flow loss on each generated latent, conditioned on the transformer output at
-        the position before it (in order) or at its own masked position (masked mar)."""
+        the position before it (in order) or at its own position (masked mar: a masked token;
+        next-scale: the scale token, whose input was the coarser sum)."""
         z, x1 = h[0, :0], None
-        # the config, not self.mask_embedding, says masked: a last pipeline stage holds no embeddings
-        if batch.latents is not None and self.cfg.mar_order == "masked":
-            z, x1 = h[batch.latent_mask][batch.latent_loss], batch.latents[batch.latent_loss]
+        # the config, not the embeddings, says which: a last pipeline stage holds no embeddings
+        if batch.latents is not None and self.cfg.own_position_images:
+            wanted = batch.latent_targets if batch.latent_targets is not None else batch.latents
+            z, x1 = h[batch.latent_mask][batch.latent_loss], wanted[batch.latent_loss]
         elif batch.latents is not None:
             sources = batch.target_kind == pb.IMAGE_LOSS  # positions whose next token is a generated latent
             full = torch.zeros(*batch.tokens.shape, batch.latents.shape[-1], dtype=batch.latents.dtype,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from model import batch as pb
+from model import scales
 from model.attention import KVCache
 from model.multimodal import MultimodalModel
 
@@ -125,7 +126,12 @@ class Decoder:
         coords = None
         if model.patch_position is not None:  # over the whole sequence: a span may begin before sl
             coords = pb.grid_coordinates(self.positions, self.span)[:, sl]
-        h = model.embed(tokens, modality, latents, span_grid, times, self.queries[:, sl], coords, self.masked[:, sl])
+        levels = None
+        if model.scale_embedding is not None:
+            sides = torch.tensor([0] + [g[1] for g in self.grids], device=self.device)[self.span[:, sl]]
+            levels = scales.side_levels(sides, self.span[:, sl], model.cfg.var_scales)
+        h = model.embed(tokens, modality, latents, span_grid, times, self.queries[:, sl], coords, self.masked[:, sl],
+                        levels)
         if self.cache is not None:
             ctx = model.context(self.segment, self.span, self.positions, cache=self.cache, query_len=n)
         else:

@@ -10,6 +10,9 @@
                `fill_steps` passes in a seeded random order (MAR's cosine schedule: few tokens
                first, more later), each pass revealing tokens from their own outputs
   discrete     code by code from the LM head restricted to the codebook: temperature, top-k, top-p
+  next-scale   (model.var_scales, mar or discrete) one pass per scale: each scale block is
+               appended to the cache whole, its input known from the coarser scales, and all its
+               tokens come at once from their own outputs (the flow head, or the LM head's codes)
 
 Guidance (`cfg_scale` not None) runs a second set of rows whose prompt is the empty caption
 ([bos] [boi]) and mixes velocities (continuous modes) or logits (discrete) as
@@ -24,6 +27,7 @@ import math
 import torch
 
 from model import batch as pb
+from model import scales
 from model.flow import guided, integrate
 from model.multimodal import MultimodalModel
 from model.sampling.decoder import Decoder
@@ -45,10 +49,17 @@ def generate_images(model: MultimodalModel, captions: list[list[int]], bos_id: i
     if guidance:
         prompts += [[bos_id, cfg.boi_id]] * len(captions)
     n = grid[0] * grid[1] * grid[2]
+    if cfg.next_scale_images:
+        if grid != (1, side, side):
+            raise ValueError(f"next-scale generation makes single images of the configured grid (1, {side}, {side}), "
+                             f"not {grid}")
+        n = scales.scale_tokens(cfg.var_scales)
     decoder = Decoder(model, prompts, n + 1, use_cache)
     g = torch.Generator().manual_seed(seed)
     run = {"transfusion": _transfusion, "mar": _mar_masked if cfg.mar_order == "masked" else _mar,
            "discrete": _discrete}[cfg.mode]
+    if cfg.next_scale_images:
+        run = _next_scale
     out = run(decoder, len(captions), grid, g, steps=steps, method=method, cfg_scale=cfg_scale,
               temperature=temperature, top_k=top_k, top_p=top_p, fill_steps=fill_steps)
     if cfg.mode == "discrete":
@@ -165,6 +176,45 @@ def _mar_masked(decoder: Decoder, b: int, grid, g, *, steps, method, cfg_scale, 
         masked.scatter_(1, mine, False)
         done = upto
     return known
+
+
+def _next_scale(decoder: Decoder, b: int, grid, g, *, steps, method, cfg_scale, temperature, top_k, top_p, **_):
+    """VAR: one pass per scale. Conditional and unconditional rows share every scale's guided
+    result as the next block's input. Returns (b, N, D) patches or (b, N) codes with the offset."""
+    model, rows, device = decoder.model, decoder.rows, decoder.device
+    cfg, p = model.cfg, model.cfg.patch_size
+    full, dim, discrete = cfg.latent_size // p, cfg.patch_dim, cfg.mode == "discrete"
+    decoder.prefill()  # [boi] predicts nothing here: the first block's own outputs do
+    start = decoder.next_position.clone()
+    f = torch.zeros(b, cfg.latent_channels, cfg.latent_size, cfg.latent_size, device=device)
+    ids = torch.full((b, cfg.var_scales[0] ** 2), cfg.boi_id, dtype=torch.long, device=device)
+    for k, side in enumerate(cfg.var_scales):
+        positions = start[:, None, None] + scales.scale_positions(0, side, full).to(device)  # (rows, s*s, 3)
+        m = side * side
+        if discrete:
+            h = decoder.append(ids.repeat(rows // b, 1), pb.IMAGE, positions, span=True, grid=(1, side, side))
+            logits = model.lm_head(h.reshape(rows * m, -1))[:, cfg.code_offset:cfg.code_offset + cfg.codebook_size]
+            codes = pick(_split(logits.float(), b * m, cfg_scale), temperature, top_k, top_p, g).reshape(b, side, side)
+            if k + 1 < len(cfg.var_scales):
+                ids = scales.upsample_codes(codes, cfg.var_scales[k + 1]).reshape(b, -1) + cfg.code_offset
+            continue
+        inputs = torch.stack([pb.patchify(x, p)[0] for x in scales.downsample(f, side * p)])  # (b, m, D)
+        h = decoder.append(torch.zeros(rows, m, dtype=torch.long, device=device), pb.IMAGE, positions,
+                           latents=inputs.repeat(rows // b, 1, 1), span=True, grid=(1, side, side))
+        z = h.reshape(rows * m, -1)
+        x0 = temperature * torch.randn(b * m, dim, generator=g).to(device)
+
+        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            v = model.mar_head(x.repeat(rows // b, 1), t.repeat(rows // b), z).float()
+            return _split(v, b * m, cfg_scale)
+
+        token = integrate(velocity, x0, steps, method).reshape(b, m, dim)
+        token = torch.stack([pb.unpatchify(t, (1, side, side), p) for t in token])  # (b, C, side*p, side*p)
+        f = f + scales.upsample(token, cfg.latent_size)
+    decoder.next_position = start + full  # text after the image resumes past it, as the packer lays it out
+    if discrete:
+        return codes.reshape(b, -1) + cfg.code_offset
+    return torch.stack([pb.patchify(x, p)[0] for x in f])
 
 
 def _discrete(decoder: Decoder, b: int, grid, g, *, cfg_scale, temperature, top_k, top_p, **_):

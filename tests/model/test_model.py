@@ -4,22 +4,7 @@ import torch
 from model import batch as pb
 from model.batch import Document
 from model.rope import apply_rotary, rotary_angles
-from support.model_helpers import documents, packer, tiny_config, tiny_model
-
-
-def overfit(cfg, steps=40, lr=3e-3, video=False):
-    model = tiny_model(cfg)
-    batch = packer(cfg).pack(documents(cfg, video=video), generator=torch.Generator().manual_seed(0))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    history = []
-    for _ in range(steps):
-        torch.manual_seed(0)  # the same noise and time draws every step: a fixed objective
-        out = model(batch)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        history.append({k: float(v) for k, v in out.losses.items()} | {"loss": float(out.loss.detach())})
-    return history, out
+from support.model_helpers import documents, overfit, packer, tiny_config, tiny_model
 
 
 @pytest.mark.parametrize("mode", ["transfusion", "mar", "discrete"])
@@ -107,6 +92,8 @@ def test_every_parameter_gets_a_gradient_even_from_a_batch_without_images(mode):
     {"mode": "mar", "mar_order": "random"},
     {"mode": "mar", "mar_order": "masked"},
     {"mode": "discrete"},
+    {"mode": "mar", "var_scales": [1, 2, 4]},
+    {"mode": "discrete", "var_scales": [1, 2, 4]},
 ])
 @pytest.mark.parametrize("kind", ["text", "understand"])
 def test_every_module_runs_on_every_batch(overrides, kind):

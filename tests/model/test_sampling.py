@@ -13,7 +13,8 @@ def models():
     variants = [("transfusion", {}), ("mar", {}), ("discrete", {}), ("mar-random", {"mar_order": "random"}),
                 ("transfusion-positions", {"patch_positions": True}),
                 ("mar-random-positions", {"mar_order": "random", "patch_positions": True}),
-                ("mar-masked", {"mar_order": "masked"})]
+                ("mar-masked", {"mar_order": "masked"}), ("mar-var", {"var_scales": [1, 2, 4]}),
+                ("discrete-var", {"var_scales": [1, 2, 4]})]
     for mode, extra in variants:
         cfg = tiny_config(mode.split("-")[0], **extra)
         model = tiny_model(cfg)
@@ -54,19 +55,20 @@ def test_text_is_seeded_and_cache_matches_recompute(models):
 
 
 @pytest.mark.parametrize("mode", ["transfusion", "mar", "mar-random", "discrete", "transfusion-positions",
-                                  "mar-random-positions", "mar-masked"])
+                                  "mar-random-positions", "mar-masked", "mar-var", "discrete-var"])
 def test_image_generation_is_seeded_cached_and_cfg1_is_conditional(models, mode):
     model = models[mode]
     kwargs = dict(steps=4, seed=1, temperature=1.0)
     first = generate_images(model, CAPTIONS, BOS, **kwargs)
     size = model.cfg.latent_size
-    expected = (2, size, size) if mode == "discrete" else (2, 4, size, size)
+    discrete = model.cfg.mode == "discrete"
+    expected = (2, size, size) if discrete else (2, 4, size, size)
     assert tuple(first.shape) == expected
     assert torch.equal(first, generate_images(model, CAPTIONS, BOS, **kwargs))  # seeded
     assert not torch.equal(first, generate_images(model, CAPTIONS, BOS, **(kwargs | {"seed": 2})))
     uncached = generate_images(model, CAPTIONS, BOS, use_cache=False, **kwargs)
     guided_at_1 = generate_images(model, CAPTIONS, BOS, cfg_scale=1.0, **kwargs)
-    if mode == "discrete":
+    if discrete:
         assert torch.equal(first, uncached) and torch.equal(first, guided_at_1)
     else:
         torch.testing.assert_close(first, uncached, atol=1e-4, rtol=1e-4)
@@ -81,7 +83,8 @@ def test_transfusion_heun_and_video(models):
     assert video.shape == (1, 2, 4, 4, 4) and torch.isfinite(video).all()
 
 
-@pytest.mark.parametrize("mode", ["transfusion", "discrete", "transfusion-positions", "mar-masked"])
+@pytest.mark.parametrize("mode", ["transfusion", "discrete", "transfusion-positions", "mar-masked", "mar-var",
+                                  "discrete-var"])
 def test_captioning_cached_matches_uncached(models, mode):
     model = models[mode]
     cfg = model.cfg

@@ -37,7 +37,10 @@ def documents(cfg: ModelConfig, seed: int = 0, video: bool = False) -> list[Docu
     def image():
         shape = (2, cfg.latent_size, cfg.latent_size) if video else (cfg.latent_size, cfg.latent_size)
         if cfg.mode == "discrete":
-            return {"codes": torch.randint(0, cfg.codebook_size, shape, generator=g)}
+            codes = torch.randint(0, cfg.codebook_size, shape, generator=g)
+            if cfg.next_scale_images:
+                return {"codes": codes, "scale_codes": fsq_pyramid(codes, cfg)}
+            return {"codes": codes}
         lat_shape = (2, cfg.latent_channels, cfg.latent_size, cfg.latent_size) if video else \
             (cfg.latent_channels, cfg.latent_size, cfg.latent_size)
         return {"latent": torch.randn(lat_shape, generator=g)}
@@ -51,5 +54,31 @@ def documents(cfg: ModelConfig, seed: int = 0, video: bool = False) -> list[Docu
     ]
 
 
+def fsq_pyramid(codes: torch.Tensor, cfg: ModelConfig) -> list[torch.Tensor]:
+    """Discrete next-scale codes of an (H, W) code map, through a real FSQ of 4 x 4 = 16 codes
+    (the tiny discrete config's codebook), as the loader makes them with the image tokenizer."""
+    from model.scales import code_pyramid
+    from model.tokenizers.fsq import FSQ
+
+    fsq = FSQ([4, 4])
+    assert fsq.vocab_size == cfg.codebook_size
+    return code_pyramid(codes, cfg.var_scales, fsq.indices_to_codes, fsq.codes_to_indices)
+
+
 def packer(cfg: ModelConfig) -> Packer:
     return Packer(cfg, BOS, EOS, PAD)
+
+
+def overfit(cfg, steps=40, lr=3e-3, video=False):
+    model = tiny_model(cfg)
+    batch = packer(cfg).pack(documents(cfg, video=video), generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    history = []
+    for _ in range(steps):
+        torch.manual_seed(0)  # the same noise and time draws every step: a fixed objective
+        out = model(batch)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        history.append({k: float(v) for k, v in out.losses.items()} | {"loss": float(out.loss.detach())})
+    return history, out

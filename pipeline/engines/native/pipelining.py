@@ -29,7 +29,7 @@ from pipeline.engines.native.precision import CastCopies
 from pipeline.engines.native.steps import share_from_last_stage
 
 FIRST_STAGE_PARTS = ("tok_embeddings", "modality_embeddings", "latent_in", "time_embed", "position_query",
-                     "patch_position", "mask_embedding")
+                     "patch_position", "mask_embedding", "scale_embedding")
 LAST_STAGE_PARTS = ("lm_head", "latent_out", "mar_head")
 
 
