@@ -180,6 +180,16 @@ class ImageTokenizer(nn.Module):
             return self.quantizer.lookup(codes.long())
         return self.quantizer.indices_to_codes(codes).to(self.decoder.conv_in.weight.dtype)
 
+    def latent_to_codes(self, z: torch.Tensor) -> torch.Tensor:
+        """Vectors in code space (B, D, h, w), e.g. downsampled code vectors -> the ids (B, h, w) of
+        the nearest codes (vq/fsq only; next-scale prediction's coarse scales, model/scales.py)."""
+        if self.quantizer is None:
+            raise DataError("this is a continuous (kl) tokenizer: it has no codes")
+        if isinstance(self.quantizer, VectorQuantizer):
+            b, _, h, w = z.shape
+            return self.quantizer.nearest(rearrange(z.float(), "b d h w -> (b h w) d")).view(b, h, w)
+        return self.quantizer.nearest_indices(z.float())
+
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Token ids (B, h, w) -> images (B, 3, H, W) (vq/fsq only)."""
         return self.decoder(self.codes_to_latent(codes))

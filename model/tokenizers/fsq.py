@@ -74,6 +74,14 @@ class FSQ(nn.Module):
         digits = torch.round(z_q * half + half).long()  # (B, d, ...) in [0, levels[i] - 1]
         return (digits * self._per_channel(self._basis, z_q.dim())).sum(dim=1)
 
+    def nearest_indices(self, z: torch.Tensor) -> torch.Tensor:
+        """Any values (B, d, ...) in code space (e.g. averages of codes) -> indices of the nearest
+        grid point (B, ...)."""
+        half = self._half_width(z.dim(), z.dtype)
+        top = self._per_channel(self._levels, z.dim()) - 1
+        digits = torch.minimum(torch.round(z * half + half).clamp(min=0), top).long()
+        return (digits * self._per_channel(self._basis, z.dim())).sum(dim=1)
+
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """Indices (B, ...) int -> quantised values (B, d, ...) in [-1, 1] (float32)."""
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.vocab_size):

@@ -22,7 +22,7 @@ from model.batch import Document, PackedBatch, Packer, best_fit
 from model.config import ModelConfig
 from pipeline.data.config import DataConfig
 from pipeline.data.reader import ShardReader
-from pipeline.data.samples import LatentNorm, SampleBuilder, check_tokenizers
+from pipeline.data.samples import LatentNorm, SampleBuilder, check_tokenizers, scale_coder
 
 
 class PackedLoader:
@@ -34,7 +34,7 @@ class PackedLoader:
         text = load_text_tokenizer(cfg.text_tokenizer)
         check_tokenizers(cfg, self.reader.manifests, model, text)
         self.norm = LatentNorm.from_manifests(self.reader.manifests) if cfg.normalise_latents else None
-        self.builder = SampleBuilder(cfg, model, self.norm, text)
+        self.builder = SampleBuilder(cfg, model, self.norm, text, scale_coder(cfg, self.reader.manifests, model))
         self.packer = Packer(model, text.bos_id, text.eos_id, text.pad_id)
         self.rng = np.random.default_rng([cfg.seed, rank, 2])
         self.torch_rng = torch.Generator().manual_seed(cfg.seed * 1000 + rank)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from core.errors import DataError
 from data_prep import schema
@@ -114,9 +115,37 @@ def _phrasings(name: str):
     return None
 
 
+def scale_coder(cfg: DataConfig, manifests: list[schema.Manifest], model: ModelConfig):
+    """Discrete next-scale prediction (model.var_scales): a function from an (H, W) code map to its
+    code pyramid, through the image tokenizer the shards were made with (model/scales.py); None
+    for every other mode."""
+    if model.mode != "discrete" or not model.next_scale_images:
+        return None
+    from model.scales import code_pyramid
+    from model.tokenizers import load_image_tokenizer
+
+    path = cfg.tokenizer or next((m.tokenizer.get("path", "") for m in manifests if m.tokenizer), "")
+    if not path:
+        raise DataError("discrete next-scale prediction (model.var_scales) needs the image tokenizer to make the "
+                        "coarse scales' codes; set data.tokenizer to the vq/fsq tokenizer folder used for prep")
+    tokenizer = load_image_tokenizer(path)
+
+    @torch.no_grad()
+    def pyramid(codes: np.ndarray) -> list[np.ndarray]:
+        if codes.ndim != 2:
+            raise DataError(f"next-scale generation makes single images; a row holds codes of shape {codes.shape}")
+        maps = code_pyramid(torch.as_tensor(codes), model.var_scales, tokenizer.codes_to_latent,
+                            tokenizer.latent_to_codes)
+        return [m.numpy() for m in maps]
+
+    return pyramid
+
+
 class SampleBuilder:
-    def __init__(self, cfg: DataConfig, model: ModelConfig, norm: LatentNorm | None, text):
-        """`text`: the run's text tokenizer (re-tokenises drawn caption variants)."""
+    def __init__(self, cfg: DataConfig, model: ModelConfig, norm: LatentNorm | None, text, pyramid=None):
+        """`text`: the run's text tokenizer (re-tokenises drawn caption variants); `pyramid`: the
+        code pyramid of discrete next-scale prediction (`scale_coder`)."""
+        self.pyramid = pyramid
         weights = np.array([cfg.text_to_image, cfg.image_to_text, cfg.text_only], dtype=np.float64)
         self.weights = weights / weights.sum()
         self.cfg, self.mode, self.norm = cfg, model.mode, norm  # None: latents are used as stored
@@ -139,7 +168,9 @@ class SampleBuilder:
         if self.mode == "discrete":
             if not row.get("codes"):
                 raise DataError(f"row {row['key']} has no codes; discrete mode needs shards made by a vq/fsq tokenizer")
-            return Document(task, text_ids, codes=schema.decode_codes(row).astype(np.int64))
+            codes = schema.decode_codes(row).astype(np.int64)
+            scale_codes = self.pyramid(codes) if self.pyramid is not None and task == "generate" else None
+            return Document(task, text_ids, codes=codes, scale_codes=scale_codes)
         mean, logvar = schema.decode_latent(row)
         latent = mean.astype(np.float32)
         if self.cfg.sample_latents and logvar is not None:

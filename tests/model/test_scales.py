@@ -30,10 +30,10 @@ def test_residual_scales_sum_to_the_latent_and_inputs_are_the_coarser_sum():
 def test_code_pyramid_requantises_and_keeps_the_finest_codes():
     fsq = FSQ([4, 4])
     codes = torch.randint(0, 16, (4, 4))
-    pyramid = scales.code_pyramid(codes, [1, 2, 4], fsq.indices_to_codes, fsq.codes_to_indices)
+    pyramid = scales.code_pyramid(codes, [1, 2, 4], fsq.indices_to_codes, fsq.nearest_indices)
     assert torch.equal(pyramid[-1], codes) and [tuple(c.shape) for c in pyramid] == [(1, 1), (2, 2), (4, 4)]
     values = fsq.indices_to_codes(codes[None]).float()
-    expected = fsq.codes_to_indices(scales.downsample(values, 2))[0]
+    expected = fsq.nearest_indices(scales.downsample(values, 2))[0]
     assert torch.equal(pyramid[1], expected)
     assert scales.upsample_codes(torch.tensor([[1, 2], [3, 4]]), 4).tolist() == \
         [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]]

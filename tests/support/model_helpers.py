@@ -62,7 +62,7 @@ def fsq_pyramid(codes: torch.Tensor, cfg: ModelConfig) -> list[torch.Tensor]:
 
     fsq = FSQ([4, 4])
     assert fsq.vocab_size == cfg.codebook_size
-    return code_pyramid(codes, cfg.var_scales, fsq.indices_to_codes, fsq.codes_to_indices)
+    return code_pyramid(codes, cfg.var_scales, fsq.indices_to_codes, fsq.nearest_indices)
 
 
 def packer(cfg: ModelConfig) -> Packer:

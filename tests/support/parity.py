@@ -22,9 +22,15 @@ from model.batch import Document, Packer
 from model.config import ModelConfig
 from pipeline.engines.parallel import ParallelConfig
 from pipeline.train.config import LoopConfig, OptimConfig, TrainConfig
+from support.model_helpers import fsq_pyramid
 
 MICRO = 2  # micro-batches per optimizer step (the pipeline schedule needs >= pp of them)
 ROWS, SEQ_LEN = 2, 64
+
+
+def seq_len(cfg: ModelConfig) -> int:
+    """Rows of SEQ_LEN tokens; next-scale images take 21 tokens instead of 16, so 80."""
+    return 80 if cfg.next_scale_images else SEQ_LEN
 LR = 1e-3
 # bf16 runs agree with one bf16 process to bf16's resolution, not 1e-5 (sums in another order)
 BF16_TOLERANCE = 2e-2
@@ -56,7 +62,7 @@ def train_config(mode: str, layout: dict, engine: str = "native", microbatches: 
     for key, value in (settings or {}).items():
         section, name = key.split(".")
         setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **{name: value}))
-    cfg.data.batch_rows, cfg.data.seq_len = ROWS, SEQ_LEN  # the pipeline schedule's fixed shapes
+    cfg.data.batch_rows, cfg.data.seq_len = ROWS, seq_len(model)  # the pipeline schedule's fixed shapes
     return cfg
 
 
@@ -81,8 +87,10 @@ def batches(cfg: ModelConfig, dp_rank: int, steps: int) -> list[list]:
             caption = torch.randint(0, 256, (int(torch.randint(3, 12, (1,), generator=g)),), generator=g).tolist()
             image = ({"codes": torch.randint(0, 16, (4, 4), generator=g)} if cfg.mode == "discrete"
                      else {"latent": torch.randn(4, 4, 4, generator=g)})
+            if cfg.mode == "discrete" and cfg.next_scale_images:
+                image["scale_codes"] = fsq_pyramid(image["codes"], cfg)
             docs.append(Document(task, caption, **(image if task != "text" else {})))
-        out.append(packer.collate([docs[:2], docs[2:]], SEQ_LEN, generator=g))
+        out.append(packer.collate([docs[:2], docs[2:]], seq_len(cfg), generator=g))
     return [out] * steps
 
 

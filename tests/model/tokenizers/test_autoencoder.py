@@ -113,6 +113,10 @@ def test_discrete_shapes_losses_and_budget(kind: str, vocab: int, dim: int) -> N
     assert budget["bits_per_image"] == pytest.approx(16 * math.log2(vocab))
     with pytest.raises(DataError, match=r"codes must lie in \[0, "):
         tok.decode_codes(torch.full((1, 4, 4), vocab))
+    # re-quantising code vectors finds the codes again; an average lands on a valid code
+    assert torch.equal(tok.latent_to_codes(tok.codes_to_latent(out.codes)), out.codes)
+    mean = tok.latent_to_codes(tok.codes_to_latent(out.codes).mean((2, 3), keepdim=True))
+    assert mean.shape == (2, 1, 1) and 0 <= int(mean.min()) and int(mean.max()) < vocab
 
 
 def test_bad_image_inputs_say_what_to_do() -> None:

@@ -89,6 +89,31 @@ def test_discrete_mode_reads_codes(shards):
     assert batch.latents is None and (batch.target_kind == 3).any()
 
 
+def test_discrete_next_scale_codes_come_from_the_tokenizer(shards, tiny_tokenizers):
+    """The coarse scales' codes re-quantise the downsampled code vectors with the shards' own
+    tokenizer; the finest scale is the stored code map."""
+    import torch
+
+    kind = "fsq"
+
+    from model.scales import code_pyramid
+    from model.tokenizers import load_image_tokenizer
+
+    cfg = model_cfg("discrete")
+    cfg.var_scales, cfg.codebook_size = [1, 2, 4, 8], load_image_tokenizer(tiny_tokenizers[kind]).vocab_size
+    loader = PackedLoader(data_cfg(shards[kind], tokenizer=str(tiny_tokenizers[kind]), text_to_image=1.0,
+                                   image_to_text=0.0, text_only=0.0), cfg)
+    doc = loader._next_document()
+    assert [c.shape for c in doc.scale_codes] == [(1, 1), (2, 2), (4, 4), (8, 8)]
+    assert (doc.scale_codes[-1] == doc.codes).all()
+    tok = load_image_tokenizer(tiny_tokenizers[kind])
+    with torch.no_grad():
+        expected = code_pyramid(torch.as_tensor(doc.codes), [1, 2, 4, 8], tok.codes_to_latent, tok.latent_to_codes)
+    assert all((a == b.numpy()).all() for a, b in zip(doc.scale_codes, expected))
+    batch = loader.next_batch()
+    assert (batch.span_grid[:, 1] == 1).any() and (batch.target_kind == 3).any()
+
+
 def test_bad_inputs_fail_before_training(shards, tiny_tokenizers, tmp_path):
     with pytest.raises(DataError, match="another image tokenizer"):
         PackedLoader(data_cfg(shards["kl"], tokenizer=str(tiny_tokenizers["vq"])), model_cfg())

@@ -122,6 +122,28 @@ def test_masked_mar_matches_one_process(engine, name, layout, world, settings, t
         assert abs(a - b) < 1e-5, (got, expected)
 
 
+# next-scale prediction, continuous and discrete, one mode per row: 6 runs instead of 12
+VAR_ROWS = {("native", "fsdp2"): "mar", ("native", "tp2"): "discrete", ("native", "pp2 1f1b"): "mar",
+            ("megatron", "pp2 1f1b"): "discrete", ("deepspeed", "zero3 dp2"): "mar", ("deepspeed", "pp2 zero1"): "discrete"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine, name, layout, world, settings",
+                         [row for row in ROWS if tuple(row.values[:2]) in VAR_ROWS])
+def test_next_scale_matches_one_process(engine, name, layout, world, settings, tmp_path):
+    """VAR (one span per scale: block-causal attention, level embedding; the flow head on each
+    token's own output, or codes predicted in place) under sharded, tensor-parallel and
+    pipelined layouts."""
+    mode, scales = VAR_ROWS[(engine, name)], {"var_scales": [1, 2, 4]}
+    got = run_layout(engine, layout, world, mode, tmp_path, scales, settings=settings)
+    expected = reference(layout, world, STEPS, mode, scales)
+    assert got["losses"][-1] < got["losses"][0]
+    for a, b in zip(got["losses"], expected["losses"]):
+        assert abs(a - b) < 1e-5, (got, expected)
+    for a, b in zip(got["grad_norms"], expected["grad_norms"]):
+        assert abs(a - b) < 1e-4 * b, (got, expected)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not installed("megatron"), reason="megatron not installed")
 @pytest.mark.parametrize("mode", ["transfusion", "discrete"])
