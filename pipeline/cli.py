@@ -181,8 +181,25 @@ def _train(args) -> int:
     except NoddError as exc:
         print(f"nodd: error: {exc}", file=sys.stderr)
         code = 1
+    finished = code == 0 and result.get("step") == cfg.train.steps  # not stopped early by a signal
+    if not (finished and cfg.eval.after_training):
+        if dist.is_initialized():
+            exit_process(code)  # every rank: barrier, flush, no interpreter teardown (gloo exit crash)
+        return code
+    # Evaluate on rank 0 alone: the other ranks leave at the barrier, rather than wait in one
+    # for as long as the evaluation takes (a collective's timeout would end them mid-way).
+    main_rank = not dist.is_initialized() or dist.get_rank() == 0
     if dist.is_initialized():
-        exit_process(code)  # every rank: barrier, flush, no interpreter teardown (gloo exit crash)
+        dist.barrier()
+    if main_rank:
+        try:
+            cfg.eval.run(cfg.run_dir)
+            print(f"evaluated: {cfg.run_dir}/eval.json")
+        except NoddError as exc:
+            print(f"nodd: error: evaluation failed: {exc}", file=sys.stderr)
+            code = 1
+    if dist.is_initialized():
+        exit_process(code, wait=False)
     return code
 
 
@@ -261,7 +278,7 @@ def _cluster(args) -> int:
 
 HANDLERS = {"tokenizer": _tokenizer, "prep": _prep, "shards": _shards, "train": _train, "export": _export,
             "sample": _sample, "caption": _caption, "eval": _eval, "demo": _demo,
-            "submit": _cluster, "jobs": _cluster, "sweep": _cluster}
+            "submit": _cluster, "jobs": _cluster, "sweep": _cluster, "ablate": _cluster}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,6 +8,8 @@
     nodd jobs cancel ID
     nodd sweep [submit] --config configs/sweep/shapes_scaling.toml [--target slurm] [--dry-run]
     nodd sweep report (--config configs/sweep/shapes_scaling.toml | RUN_ROOT)
+    nodd ablate [run] --config configs/ablate/dd.toml [--preset quick] [--target slurm] [--seeds 3] [--resume]
+    nodd ablate report --config configs/ablate/dd.toml [--preset quick]
 """
 
 from __future__ import annotations
@@ -46,6 +48,15 @@ def add_parsers(commands) -> None:
     sweep.add_argument("--target", choices=TARGETS, help="override the sweep's target")
     sweep.add_argument("--dry-run", action="store_true")
 
+    abl = commands.add_parser("ablate", help="the DD ablation: tokenizers, arms x seeds at equal FLOPs, report.md")
+    abl.add_argument("action", nargs="?", choices=["run", "report"], default="run")
+    abl.add_argument("--config", required=True, help="ablation TOML (see configs/ablate/)")
+    abl.add_argument("--preset", help="a [presets.NAME] table of the config, e.g. quick or full")
+    abl.add_argument("--target", choices=TARGETS, help="override the ablation's target")
+    abl.add_argument("--seeds", type=int, help="seeds per arm (default: the config's)")
+    abl.add_argument("--resume", action="store_true", help="finish an interrupted ablation: skip finished arms")
+    abl.add_argument("--dry-run", action="store_true", help="print the plan and the jobs; submit nothing")
+
 
 def submit(args: argparse.Namespace) -> int:
     from pipeline.jobs import load_job
@@ -77,6 +88,19 @@ def jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def ablate(args: argparse.Namespace) -> int:
+    from pipeline.ablate.report import report
+    from pipeline.ablate.run import run_ablation
+
+    if args.action == "report":
+        print(f"report -> {report(args.config, args.preset)}")
+        return 0
+    print(run_ablation(args.config, args.preset, args.target, args.seeds, args.resume, args.dry_run))
+    if not args.dry_run:
+        print(f"report -> {report(args.config, args.preset)}")
+    return 0
+
+
 def sweep(args: argparse.Namespace) -> int:
     from core.errors import ConfigError
     from pipeline.sweeps import report, run_sweep
@@ -93,4 +117,4 @@ def sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"submit": submit, "jobs": jobs, "sweep": sweep}
+HANDLERS = {"submit": submit, "jobs": jobs, "sweep": sweep, "ablate": ablate}

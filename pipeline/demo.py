@@ -40,7 +40,7 @@ def run_demo(out: str | Path, samples: int = 30000, tokenizer_steps: int = 350, 
         tok_cfg = load_config(TokenizerTrainConfig, CONFIGS / "tokenizer" / "shapes_kl.toml",
                               [f"out_dir={_toml_str(tok_dir)}", f"steps={tokenizer_steps}"])
         metrics = train_tokenizer(tok_cfg)
-    text_tokenizer = _caption_tokenizer(out / "tokenizer_bpe")
+    text_tokenizer = caption_tokenizer(out / "tokenizer_bpe")
     results = {}
     for name, config, limit in (("shapes", "shapes.toml", samples), ("moving_shapes", "moving_shapes.toml", clips)):
         prep_cfg = load_config(PrepConfig, CONFIGS / "prep" / config, [
@@ -81,7 +81,7 @@ def run_demo(out: str | Path, samples: int = 30000, tokenizer_steps: int = 350, 
     return {"tokenizer": metrics, **results}
 
 
-def _caption_tokenizer(folder: Path) -> Path:
+def caption_tokenizer(folder: Path) -> Path:
     """The BPE the demo's captions are tokenised with (trained in seconds; reused when present)."""
     path = folder / "tokenizer.json"
     if not path.exists():

@@ -46,12 +46,14 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank, world, torch.device(device, local_rank) if device == "cuda" else torch.device(device))
 
 
-def exit_process(code: int = 0) -> None:
-    """End a distributed worker: wait for every rank, flush, then leave without interpreter
-    teardown (gloo's worker threads can abort the process during it)."""
+def exit_process(code: int = 0, wait: bool = True) -> None:
+    """End a distributed worker: wait for every rank (unless `wait=False`: they already met),
+    flush, then leave without interpreter teardown (gloo's worker threads can abort the process
+    during it)."""
     if dist.is_initialized():
         try:
-            dist.barrier()
+            if wait:
+                dist.barrier()
         finally:
             # what atexit would do for multiprocessing: stop helper processes started here (megatron's
             # checkpoint writer keeps a spawned Manager for its result queue), which would outlive

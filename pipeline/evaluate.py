@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -59,14 +60,27 @@ def evaluate_generation(run: LoadedRun, per_prompt: int, extra: int, steps: int,
     scores: dict[str, list[dict]] = {}
     grid_images = []
     prompts = prompt_grid(extra)
+    calls = {"backbone": 0, "head": 0}
+    hooks = [part.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+             for name, part in (("backbone", run.model.backbone), ("head", run.model.mar_head)) if part is not None]
+    seconds = 0.0
     for n, (kind, prompt) in enumerate(prompts):
+        started = time.perf_counter()
         images = sample_images(run, prompt, per_prompt, steps, cfg_scale, seed=n)
+        seconds += time.perf_counter() - started
         for image in images:
             scores.setdefault(kind, []).append(score_image(image, prompt))
         if kind == "single" or len(grid_images) < 48:
             grid_images.extend(images[:2])
+    for hook in hooks:
+        hook.remove()
     everything = [s for group in scores.values() for s in group]
+    # the images of one prompt are generated together (and their CFG rows with them): one batch
+    # of per_prompt images takes the passes below, each image the batch's time / per_prompt
     result = {"prompts": len(prompts), "images": len(everything),
+              "seconds_per_image": round(seconds / max(len(everything), 1), 4),
+              "transformer_passes_per_image": round(calls["backbone"] / len(prompts), 2),
+              "head_passes_per_image": round(calls["head"] / len(prompts), 2),
               "single_object_accuracy": _mean([s["overall"] for s in scores.get("single", [])]),
               "overall_accuracy": _mean([s["overall"] for s in everything])}
     for check in ("object", "color", "count", "position"):

@@ -68,6 +68,28 @@ class LoopConfig:
 
 
 @dataclass
+class EvalConfig:
+    """The `eval` section: `nodd eval`'s settings for a run that evaluates itself when training
+    ends (what an ablation arm's job does, so each arm is one job on any target)."""
+
+    after_training: bool = False  # rank 0 runs `nodd eval` on the run dir after the last step
+    per_prompt: int = 4
+    extra_prompts: int = 24
+    images: int = 256
+    steps: int = 20
+    cfg_scale: float = 3.0  # 0 = off
+
+    def validate(self) -> None:
+        if min(self.per_prompt, self.images, self.steps) < 1 or self.extra_prompts < 0 or self.cfg_scale < 0:
+            raise ConfigError("eval.per_prompt, images and steps must be >= 1, extra_prompts and cfg_scale >= 0")
+
+    def run(self, run_dir: str) -> dict:
+        from pipeline.evaluate import evaluate
+
+        return evaluate(run_dir, self.per_prompt, self.extra_prompts, self.images, self.steps, self.cfg_scale or None)
+
+
+@dataclass
 class TrainConfig:
     run_dir: str = "runs/train"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -78,3 +100,4 @@ class TrainConfig:
     native: NativeConfig = field(default_factory=NativeConfig)  # read by train.engine="native" only
     megatron: MegatronConfig = field(default_factory=MegatronConfig)  # read by train.engine="megatron" only
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)  # read by train.engine="deepspeed" only
+    eval: EvalConfig = field(default_factory=EvalConfig)

@@ -32,9 +32,8 @@ from pipeline.train.checkpoint import Checkpointer
 from pipeline.train.config import TrainConfig
 from pipeline.train.cpu_runtime import tune_cpu_runtime
 from pipeline.train.metrics import (
+    FlopCounter,
     MetricsSink,
-    flops_per_token,
-    mean_context,
     measure_peak_flops,
     peak_memory_gib,
 )
@@ -132,6 +131,7 @@ def _steps(cfg, info, engine, data: Prefetcher, ckpt: Checkpointer, sink: Metric
            step: int, peak: float, meta: dict, export_meta) -> dict:
     """The training loop from `step` to train.steps (or a stop signal); returns the last losses."""
     last = {}
+    count_flops = FlopCounter(cfg.model)
     started, tokens_since, flops_since = time.perf_counter(), 0, 0.0
     while step < cfg.train.steps:
         lr = cfg.optim.lr_at(step, cfg.train.steps)
@@ -140,8 +140,7 @@ def _steps(cfg, info, engine, data: Prefetcher, ckpt: Checkpointer, sink: Metric
         result = engine.train_step(batches, seeds, lr)
         for b in batches:
             tokens_since += b.num_tokens
-            flops_since += b.num_tokens * flops_per_token(engine.matmul_params, cfg.model.depth, cfg.model.width,
-                                                          mean_context(b))
+            flops_since += count_flops(b)
         step += 1
         last = result.losses
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
@@ -150,6 +149,7 @@ def _steps(cfg, info, engine, data: Prefetcher, ckpt: Checkpointer, sink: Metric
                               "grad_norm": round(result.grad_norm, 4), "lr": lr,
                               "tokens_per_s": round(tokens_since * engine.dp_size / elapsed, 1),
                               "mfu": round(flops_since * engine.dp_size / elapsed / (peak * info.world), 4),
+                              "flops": flops_since * engine.dp_size,  # training FLOPs of the interval
                               **memory_record(info.device, engine),
                               "packing": round(data.efficiency, 4), "time": time.time()})
             started, tokens_since, flops_since = time.perf_counter(), 0, 0.0

@@ -4,9 +4,11 @@
     sink.write(step, {"loss": ..., "tokens_per_s": ...})    # metrics.jsonl, TensorBoard, progress bar
     sink.close()
 
-MFU = achieved model FLOP/s / peak FLOP/s. Model FLOPs per token follow PaLM's accounting:
-6 x the matmul parameters (every nn.Linear, the LM head included; embedding lookups are not
-matmuls) plus 12 x depth x width x the token's document length. The peak is `train.peak_tflops` when
+MFU = achieved model FLOP/s / peak FLOP/s. Model FLOPs follow PaLM's accounting, part by part
+(`FlopCounter`): 6 x the matmul parameters of each part (every nn.Linear; embedding lookups are
+not matmuls) x the tokens it runs on (the backbone: every token; the LM head: the positions with a
+target; the latent adapters: the image tokens; MAR's head: its tokens x diffusion_batch_mul draws),
+plus 12 x depth x width x each token's document length. The peak is `train.peak_tflops` when
 set (use the vendor figure on GPUs: H100/H200 dense bf16 = 989), else measured at start with a
 large matmul in the training precision, so on CPU the figure is relative to what the cores really do.
 """
@@ -47,6 +49,48 @@ def mean_context(batch: PackedBatch) -> float:
 
 def flops_per_token(params: int, depth: int, width: int, context: float) -> float:
     return 6.0 * params + 12.0 * depth * width * context
+
+
+class FlopCounter:
+    """Training FLOPs (forward + backward) of one packed batch for a model config, counted per
+    part on the tokens that part runs on, so that arms of an ablation with different heads,
+    vocabularies and image lengths compare at equal compute (pipeline/ablate.py). The sizes come
+    from a meta-device build: the global model, whatever engine or layout trains it."""
+
+    def __init__(self, cfg):
+        from model.multimodal import MultimodalModel
+
+        with torch.device("meta"):
+            model = MultimodalModel(cfg)
+        count = lambda *parts: sum(matmul_params(p) for p in parts if p is not None)  # noqa: E731
+        self.cfg = cfg
+        self.backbone = count(model.backbone)
+        self.lm_head = model.lm_head.weight.numel()
+        self.latent = count(model.latent_in, model.latent_out, model.time_embed, model.position_query,
+                            model.patch_position)
+        self.head = count(model.mar_head)
+
+    def head_tokens(self, batch: PackedBatch) -> int:
+        """Tokens MAR's head runs on per draw: the generated latents (own-position) or the
+        positions before them."""
+        from model.batch import IMAGE_LOSS
+
+        if self.cfg.mode != "mar":
+            return 0
+        if self.cfg.own_position_images:
+            return int(batch.latent_loss.sum())
+        return int((batch.target_kind == IMAGE_LOSS).sum())
+
+    def __call__(self, batch: PackedBatch) -> float:
+        from model.batch import IGNORE
+
+        tokens = batch.num_tokens
+        images = int((batch.latent_mask & (batch.segment_ids > 0)).sum())
+        targets = int((batch.targets != IGNORE).sum())
+        draws = self.head_tokens(batch) * self.cfg.diffusion_batch_mul
+        attention = 12.0 * self.cfg.depth * self.cfg.width * mean_context(batch) * tokens
+        return 6.0 * (self.backbone * tokens + self.lm_head * targets + self.latent * images + self.head * draws) \
+            + attention
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype, max_size: int = 2048, seconds: float = 0.3) -> float:

@@ -186,3 +186,28 @@ def test_flop_accounting_counts_each_tokens_whole_document():
     batch = SimpleNamespace(segment_ids=torch.tensor([[1, 1, 1, 2, 0], [1, 1, 0, 0, 0]]))
     assert mean_context(batch) == (3 * 3 + 1 * 1 + 2 * 2) / 6
     assert flops_per_token(100, depth=2, width=8, context=4.0) == 6 * 100 + 12 * 2 * 8 * 4
+
+
+def test_flop_counter_counts_each_part_on_its_own_tokens():
+    """The backbone on every token, the LM head where a target is, the adapters on image tokens,
+    MAR's head on its tokens x diffusion_batch_mul: equal-compute ablations rest on this."""
+    from model.batch import IGNORE
+    from pipeline.train.metrics import FlopCounter, matmul_params, mean_context
+    from support.model_helpers import documents, packer, tiny_config, tiny_model
+
+    for overrides in ({"mode": "transfusion"}, {"mode": "mar"}, {"mode": "mar", "var_scales": [1, 2, 4]},
+                      {"mode": "discrete"}):
+        cfg = tiny_config(**overrides)
+        model, batch = tiny_model(cfg), packer(cfg).pack(documents(cfg))
+        count = FlopCounter(cfg)
+        assert count.backbone == matmul_params(model.backbone)
+        assert count.backbone + count.lm_head + count.latent + count.head == matmul_params(model)
+        images = int(batch.latent_mask.sum())
+        head_tokens = {"transfusion": 0, "discrete": 0}.get(cfg.mode, 2 * 16)  # two generated 4x4 images
+        if cfg.next_scale_images:
+            head_tokens = 2 * 21
+        assert count.head_tokens(batch) == head_tokens
+        expected = 6 * (count.backbone * batch.num_tokens + count.lm_head * int((batch.targets != IGNORE).sum())
+                        + count.latent * images + count.head * head_tokens * cfg.diffusion_batch_mul) \
+            + 12 * cfg.depth * cfg.width * mean_context(batch) * batch.num_tokens
+        assert count(batch) == expected
