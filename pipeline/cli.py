@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--samples", type=int, default=30000, help="shapes images to prepare")
     demo.add_argument("--train-steps", type=int, default=1000, help="model training steps (0 = stop after prep)")
     demo.add_argument("--nproc", type=int, default=2, help="training processes (default 2)")
+    demo.add_argument("--seed", type=int, default=0, help="the model's training seed (default 0; runs/demo/train-seedN)")
 
     from pipeline import cli_cluster
 
@@ -266,7 +267,7 @@ def _eval(args) -> int:
 def _demo(args) -> int:
     from pipeline.demo import run_demo
 
-    run_demo(args.out, args.samples, train_steps=args.train_steps, nproc=args.nproc)
+    run_demo(args.out, args.samples, train_steps=args.train_steps, nproc=args.nproc, seed=args.seed)
     return 0
 
 

@@ -30,7 +30,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 def run_demo(out: str | Path, samples: int = 30000, tokenizer_steps: int = 350, train_steps: int = 1000,
              nproc: int = 2, eval_images: int = 256, eval_per_prompt: int = 4, eval_steps: int = 20,
-             clips: int = 125) -> dict:
+             clips: int = 125, seed: int = 0) -> dict:
+    """`seed`: the model's training seed (train.seed and data.seed); the tokenizers, shards and
+    held-out evaluation stay the same, so runs with different seeds measure the recipe's spread."""
     out = Path(out)
     tok_dir = out / "tokenizer_kl"
     if (tok_dir / "fingerprint.txt").exists() and (tok_dir / "metrics.json").exists():
@@ -53,11 +55,11 @@ def run_demo(out: str | Path, samples: int = 30000, tokenizer_steps: int = 350, 
             raise DataError(f"demo shards failed verification: {problems[0]}")
         written = inspect_shards(prep_cfg.out_dir, count=32)
         results[name] = {"shards": prep_cfg.out_dir, "samples": manifest["num_samples"], **written}
-    run_dir = out / "train"
+    run_dir = out / ("train" if seed == 0 else f"train-seed{seed}")
     if train_steps > 0:
         results["train"] = _train_and_evaluate(run_dir, results["shapes"]["shards"], text_tokenizer, train_steps, nproc,
                                                dict(per_prompt=eval_per_prompt, extra=24, images=eval_images,
-                                                    steps=eval_steps, cfg_scale=3.0))
+                                                    steps=eval_steps, cfg_scale=3.0), seed)
     print("\nnodd demo finished:")
     print(f"  tokenizer        {tok_dir}: PSNR {metrics['psnr']:.2f} dB on held-out images, "
           f"{metrics['info_budget']['values']} latent values per image (reconstructions.png)")
@@ -92,7 +94,7 @@ def caption_tokenizer(folder: Path) -> Path:
 
 
 def _train_and_evaluate(run_dir: Path, shards: str, text_tokenizer: Path, steps: int, nproc: int,
-                        eval_settings: dict) -> dict:
+                        eval_settings: dict, seed: int = 0) -> dict:
     """`nodd train --nproc N` as a child (torchrun needs its own processes), then `nodd eval`."""
     import shutil
     import subprocess
@@ -108,7 +110,8 @@ def _train_and_evaluate(run_dir: Path, shards: str, text_tokenizer: Path, steps:
     command = [sys.executable, "-m", "pipeline.cli", "train", "--config", str(CONFIGS / "train" / "shapes.toml"),
                f"run_dir={_toml_str(run_dir)}", f"data.shards={_toml_str(Path(shards))}", f"train.steps={steps}",
                f"train.checkpoint_every={steps}", f"data.text_tokenizer={_toml_str(text_tokenizer)}",
-               f"model.text_vocab_size={load_text_tokenizer(str(text_tokenizer)).vocab_size}"]
+               f"model.text_vocab_size={load_text_tokenizer(str(text_tokenizer)).vocab_size}",
+               f"train.seed={seed}", f"data.seed={seed}"]
     if nproc > 1:
         command[4:4] = ["--nproc", str(nproc)]
         # Whole replicas, not FSDP shards: for a model this small the per-block all-gathers cost

@@ -120,10 +120,14 @@ def test_the_tiny_grid_runs_end_to_end_and_resumes(tmp_path):
         assert expected in report, expected
     for png in ("report_quality_vs_latency.png", "report_quality_vs_information_budget.png", "report_losses.png"):
         assert (root / png).stat().st_size > 0
-    # equal compute: every arm's logged FLOPs within 25% of the budget (whole steps, batches vary)
+    # equal compute: seed 0 spends what its plan counted on the same batches; every arm is within
+    # half a step (whole steps) and the other seeds' batch-to-batch variation of the budget
     for r in plan["runs"]:
         records = [json.loads(line) for line in (Path(r["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
-        assert abs(sum(x["flops"] for x in records) / plan["budget_flops"] - 1) < 0.25, r["name"]
+        spent = sum(x["flops"] for x in records)
+        if r["seed"] == 0:
+            assert abs(spent / r["flops"] - 1) < 0.01, r["name"]
+        assert abs(spent - plan["budget_flops"]) <= 0.5 * spent / r["steps"] + 0.05 * plan["budget_flops"], r["name"]
     first = (Path(plan["runs"][0]["run_dir"]) / "eval.json").stat().st_mtime
     again = run("--resume")  # nothing left to do: no arm is trained or evaluated again
     assert again.returncode == 0, again.stderr[-2000:]
