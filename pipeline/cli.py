@@ -193,8 +193,11 @@ def _train(args) -> int:
     if dist.is_initialized():
         dist.barrier()
     if main_rank:
+        from pipeline.evaluate import evaluate
+
+        ev = cfg.eval
         try:
-            cfg.eval.run(cfg.run_dir)
+            evaluate(cfg.run_dir, ev.per_prompt, ev.extra_prompts, ev.images, ev.steps, ev.cfg_scale or None)
             print(f"evaluated: {cfg.run_dir}/eval.json")
         except NoddError as exc:
             print(f"nodd: error: evaluation failed: {exc}", file=sys.stderr)

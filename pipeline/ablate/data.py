@@ -27,6 +27,11 @@ class PreparedData:
     metrics: dict  # the tokenizer's metrics.json: psnr, codebook_utilisation, info_budget
 
 
+def bits_per_image(metrics: dict) -> float | None:
+    """A tokenizer's information budget per image (its metrics.json): L x log2 V for codes."""
+    return (metrics.get("info_budget") or {}).get("bits_per_image")
+
+
 def text_tokenizer(spec: AblateSpec) -> Path:
     from pipeline.demo import caption_tokenizer
 

@@ -12,7 +12,7 @@ def plot_all(arms: dict, tokenizers: dict, root: Path) -> dict[str, Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.ablate.report import bits_per_image
+    from pipeline.ablate.data import bits_per_image
 
     done = {n: a for n, a in arms.items() if a["stats"]["overall"][0] is not None}
     out = {}

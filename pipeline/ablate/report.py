@@ -118,11 +118,6 @@ def report(path: str, preset: str | None = None) -> Path:
     return out
 
 
-def bits_per_image(metrics: dict) -> float | None:
-    budget = metrics.get("info_budget") or {}
-    return budget.get("bits_per_image")
-
-
 def tokenizer_table(tokenizers: dict) -> list[str]:
     rows = ["| tokenizer | kind | latent | vocabulary | bits / image | PSNR dB | codebook used |",
             "| --- | --- | --- | --- | --- | --- | --- |"]

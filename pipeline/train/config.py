@@ -83,11 +83,6 @@ class EvalConfig:
         if min(self.per_prompt, self.images, self.steps) < 1 or self.extra_prompts < 0 or self.cfg_scale < 0:
             raise ConfigError("eval.per_prompt, images and steps must be >= 1, extra_prompts and cfg_scale >= 0")
 
-    def run(self, run_dir: str) -> dict:
-        from pipeline.evaluate import evaluate
-
-        return evaluate(run_dir, self.per_prompt, self.extra_prompts, self.images, self.steps, self.cfg_scale or None)
-
 
 @dataclass
 class TrainConfig:
