@@ -95,7 +95,7 @@ def ablate(args: argparse.Namespace) -> int:
     if args.action == "report":
         print(f"report -> {report(args.config, args.preset)}")
         return 0
-    print(run_ablation(args.config, args.preset, args.target, args.seeds, args.resume, args.dry_run))
+    run_ablation(args.config, args.preset, args.target, args.seeds, args.resume, args.dry_run)  # prints as it goes
     if not args.dry_run:
         print(f"report -> {report(args.config, args.preset)}")
     return 0

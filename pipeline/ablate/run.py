@@ -8,7 +8,6 @@ and waits for those still running, and a resubmitted arm continues from its chec
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +18,6 @@ from pipeline.ablate.data import PreparedData, prepare_data, prepared, text_toke
 from pipeline.ablate.spec import AblateSpec, ArmSpec, load_spec
 from pipeline.train.config import TrainConfig
 
-log = logging.getLogger(__name__)
 # Steps of the arm's own loader that are counted one by one; beyond them an arm is extrapolated
 # at the rate of their second half. The first batches are packed from a fresh window, longest
 # documents first (generations, for most arms), and cost 10-40% more than later ones: counting
@@ -93,7 +91,7 @@ class FlopCurve:
 
 def plan(spec: AblateSpec, data: dict[str, PreparedData], text: Path) -> list[ArmRun]:
     """Every arm x seed with its FLOP-matched steps: the reference arm trains `spec.steps` steps,
-    every other arm round(budget / its FLOPs per step)."""
+    every other arm the step count whose FLOPs come nearest the same total."""
     curves = {}
     for arm in spec.arms:
         probe = arm_overrides(spec, arm, data[arm.tokenizer], text, 0, spec.steps)
@@ -113,7 +111,7 @@ def plan(spec: AblateSpec, data: dict[str, PreparedData], text: Path) -> list[Ar
 def run_ablation(path: str, preset: str | None = None, target: str | None = None, seeds: int | None = None,
                  resume: bool = False, dry_run: bool = False, poll: float = 5.0) -> str:
     """The data stage, then every arm x seed not yet finished as a job; on the local target one
-    at a time (max_running), waiting for each. Returns the lines it printed."""
+    at a time (max_running), waiting for each. Prints its progress as it goes and returns it."""
     spec = load_spec(path, preset, {"seeds": seeds} if seeds else None)
     target = target or spec.target
     plan_path = spec.root / "ablation.json"
@@ -121,31 +119,42 @@ def run_ablation(path: str, preset: str | None = None, target: str | None = None
         raise ConfigError(f"{spec.root} already holds an ablation; pass --resume to finish it, or set a new run_root")
     data = prepared(spec) if dry_run else prepare_data(spec)
     if data is None:
-        return f"dry run: the data stage has not run yet ({spec.root / 'data'}); without it the arms' FLOP-matched " \
-               "steps are unknown. Run without --dry-run to prepare it."
+        message = (f"dry run: the data stage has not run yet ({spec.root / 'data'}); without it the arms' "
+                   "FLOP-matched steps are unknown. Run without --dry-run to prepare it.")
+        print(message)
+        return message
     runs = plan(spec, data, text_tokenizer(spec))
     earlier = _recorded_jobs(plan_path) if resume else {}
     for run in runs:
         run.job = earlier.get(run.name)
-    lines = [f"{run.name}: {run.steps} steps, {run.flops:.3g} FLOPs"
-             + (" (done)" if run.done else "") for run in runs]
+    lines = _Lines()
+    for run in runs:
+        lines.append(f"{run.name}: {run.steps} steps, {run.flops:.3g} FLOPs" + (" (done)" if run.done else ""))
     if not dry_run:
         spec.root.mkdir(parents=True, exist_ok=True)
         _save_plan(plan_path, spec, target, preset, runs)
     limit = spec.max_running or (1 if target == "local" else 0)
-    lines += _schedule(spec, target, runs, limit, dry_run, poll, lambda: _save_plan(plan_path, spec, target, preset, runs))
+    _schedule(spec, target, runs, limit, dry_run, poll, lambda: _save_plan(plan_path, spec, target, preset, runs), lines)
     if not dry_run:
         lines.append(f"plan: {plan_path}; report: nodd ablate report --config {path}"
                      + (f" --preset {preset}" if preset else ""))
     return "\n".join(lines)
 
 
+class _Lines(list):
+    """Progress lines, printed as they come (a local grid runs for hours)."""
+
+    def append(self, line: str) -> None:
+        print(line, flush=True)
+        super().append(line)
+
+
 def _schedule(spec: AblateSpec, target: str, runs: list[ArmRun], limit: int, dry_run: bool, poll: float,
-              save) -> list[str]:
+              save, lines: _Lines) -> None:
     """Submit the unfinished runs, at most `limit` running at once (0: all, without waiting)."""
     from pipeline.jobs import job_status, load_job, submit
 
-    lines, running = [], {}
+    running = {}
     for run in runs:  # a job an interrupted `nodd ablate` left running is waited for, not doubled
         if run.job and not run.done and not dry_run and _still_running(run.job):
             running[run.job] = run
@@ -176,8 +185,6 @@ def _schedule(spec: AblateSpec, target: str, runs: list[ArmRun], limit: int, dry
                 del running[job_id]
                 word = "finished" if run.done else f"ended {status.state} without eval.json (see {run.run_dir}/logs)"
                 lines.append(f"{run.name} {word}")
-                log.info("ablate: %s %s", run.name, word)
-    return lines
 
 
 def _still_running(job_id: str) -> bool:

@@ -74,6 +74,14 @@ def test_bad_specs_say_what_is_wrong(tmp_path):
                                            "discrete-fsq", "var-discrete"}
 
 
+def test_a_dry_run_before_the_data_stage_does_nothing(tmp_path, capsys):
+    from pipeline.ablate.run import run_ablation
+
+    message = run_ablation(str(write_spec(tmp_path)), dry_run=True)
+    assert "data stage has not run yet" in message and message in capsys.readouterr().out
+    assert not (tmp_path / "ablate").exists()
+
+
 def test_a_difference_smaller_than_the_spread_is_no_difference():
     assert differs((0.8, 0.05), (0.6, 0.05)) == 1
     assert differs((0.6, 0.05), (0.8, 0.05)) == -1
@@ -134,3 +142,5 @@ def test_the_tiny_grid_runs_end_to_end_and_resumes(tmp_path):
     assert "submitted" not in again.stdout and (Path(plan["runs"][0]["run_dir"]) / "eval.json").stat().st_mtime == first
     refused = run()
     assert refused.returncode == 1 and "--resume" in refused.stderr
+    dry = run("--dry-run")
+    assert dry.returncode == 0 and dry.stdout.count("(done)") == 6, dry.stdout
