@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import numpy as np
@@ -144,8 +144,10 @@ class _Encoded:
     latents: list[torch.Tensor]  # per span (n_i, D)
     grids: list[tuple[int, int, int]]
     generated: list[bool]  # per span: does it carry the image loss
-    own: list[int] = None  # per position: a target read at the position itself (next-scale codes), IGNORE = none
-    targets: list[torch.Tensor] = None  # per span (n_i, D): what the head predicts (next-scale), else the latents
+    own: list[int] = field(default_factory=list)  # per position: a target read at the position itself
+    #                                                (next-scale codes), IGNORE = none
+    targets: list[torch.Tensor] = field(default_factory=list)  # per span (n_i, D): what the head predicts
+    #                                                (next-scale: the residual; otherwise the latents)
 
 
 def best_fit(lengths: list[int], seq_len: int, rows: int | None = None) -> tuple[list[list[int]], list[int]]:
@@ -225,7 +227,7 @@ class Packer:
         cfg = self.cfg
         if doc.task not in ("text", "generate", "understand"):
             raise DataError(f"unknown document task {doc.task!r}; expected text, generate or understand")
-        out = _Encoded([], [], [], torch.zeros(0, 3, dtype=torch.long), [], [], [], [], [], [])
+        out = _Encoded([], [], [], torch.zeros(0, 3, dtype=torch.long), [], [], [], [])
         pos: list[torch.Tensor] = []
         cursor = 0
 

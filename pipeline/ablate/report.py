@@ -30,10 +30,11 @@ ROLES = {"transfusion": "transfusion (flow in the transformer)", "mar-ar": "MAR-
 def role(model) -> str:
     if model.mode == "transfusion":
         return "transfusion"
-    prefix = "var" if model.next_scale_images else None
     if model.mode == "discrete":
-        return "var-discrete" if prefix else "discrete-ar"
-    return "var-continuous" if prefix else ("mar-masked" if model.mar_order == "masked" else "mar-ar")
+        return "var-discrete" if model.next_scale_images else "discrete-ar"
+    if model.next_scale_images:
+        return "var-continuous"
+    return "mar-masked" if model.mar_order == "masked" else "mar-ar"
 
 
 def run_summary(run_dir: str | Path) -> dict | None:

@@ -41,12 +41,11 @@ class ArmRun:
         return (Path(self.run_dir) / "eval.json").is_file()
 
 
-def arm_overrides(spec: AblateSpec, arm: ArmSpec, data: PreparedData, text: Path, seed: int,
+def arm_overrides(spec: AblateSpec, arm: ArmSpec, data: PreparedData, text: tuple[Path, int], seed: int,
                   steps: int) -> list[str]:
     """The train config overrides of one arm and seed: the shared ones, the arm's, then what the
-    tokenizer dictates (its shards, latent shape or codebook) and the seed, steps and evaluation."""
-    from model.tokenizers import load_text_tokenizer
-
+    tokenizers dictate (the shards, latent shape or codebook; `text`: the BPE's path and vocabulary)
+    and the seed, steps and evaluation."""
     budget = data.metrics["info_budget"]
     if budget["kind"] == "kl":
         channels, size = budget["latent_shape"][0], budget["latent_shape"][-1]
@@ -57,7 +56,7 @@ def arm_overrides(spec: AblateSpec, arm: ArmSpec, data: PreparedData, text: Path
     ev = spec.eval
     return [*spec.train_overrides, *arm.overrides, *image,
             f"data.shards={quoted(data.shards)}", f"data.tokenizer={quoted(data.tokenizer)}",
-            f"data.text_tokenizer={quoted(text)}", f"model.text_vocab_size={load_text_tokenizer(str(text)).vocab_size}",
+            f"data.text_tokenizer={quoted(text[0])}", f"model.text_vocab_size={text[1]}",
             f"train.seed={seed}", f"data.seed={seed}", f"train.steps={steps}",
             "eval.after_training=true", f"eval.per_prompt={ev.per_prompt}", f"eval.extra_prompts={ev.extra_prompts}",
             f"eval.images={ev.images}", f"eval.steps={ev.steps}", f"eval.cfg_scale={ev.cfg_scale}"]
@@ -92,6 +91,9 @@ class FlopCurve:
 def plan(spec: AblateSpec, data: dict[str, PreparedData], text: Path) -> list[ArmRun]:
     """Every arm x seed with its FLOP-matched steps: the reference arm trains `spec.steps` steps,
     every other arm the step count whose FLOPs come nearest the same total."""
+    from model.tokenizers import load_text_tokenizer
+
+    text = (text, load_text_tokenizer(str(text)).vocab_size)
     curves = {}
     for arm in spec.arms:
         probe = arm_overrides(spec, arm, data[arm.tokenizer], text, 0, spec.steps)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from model.batch import PackedBatch
+from model.batch import IGNORE, IMAGE_LOSS, PackedBatch
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,6 @@ class FlopCounter:
     def head_tokens(self, batch: PackedBatch) -> int:
         """Tokens MAR's head runs on per draw: the generated latents (own-position) or the
         positions before them."""
-        from model.batch import IMAGE_LOSS
-
         if self.cfg.mode != "mar":
             return 0
         if self.cfg.own_position_images:
@@ -82,8 +80,6 @@ class FlopCounter:
         return int((batch.target_kind == IMAGE_LOSS).sum())
 
     def __call__(self, batch: PackedBatch) -> float:
-        from model.batch import IGNORE
-
         tokens = batch.num_tokens
         images = int((batch.latent_mask & (batch.segment_ids > 0)).sum())
         targets = int((batch.targets != IGNORE).sum())

@@ -76,8 +76,10 @@ def test_a_generated_image_is_one_span_per_scale(mode):
 
 
 def brute_force_block_causal(b):
-    """Scale k of an image sees its own block, the coarser blocks, and what came before the image;
-    nothing of a later scale. Text is causal, documents apart, padding alone."""
+    """Stated in scales, not spans: a token of an image sees every token of the same image whose
+    scale is no finer than its own (these documents hold one image each, so "same image" is
+    "same document, both image tokens"); everything else is causal within a document, and
+    padding sees itself only."""
     bsz, t = b.segment_ids.shape
     out = torch.zeros(bsz, t, t, dtype=torch.bool)
     level = scales.token_levels(b.span_ids, b.span_grid, [1, 2, 4])
@@ -87,10 +89,12 @@ def brute_force_block_causal(b):
                 sq, sk = int(b.segment_ids[r, q]), int(b.segment_ids[r, k])
                 if sq == 0:
                     out[r, q, k] = q == k
-                    continue
-                same_block = int(b.span_ids[r, q]) > 0 and int(b.span_ids[r, q]) == int(b.span_ids[r, k])
-                later_scale = same_block is False and int(level[r, k]) > int(level[r, q]) >= 0 and k > q
-                out[r, q, k] = sq == sk and (k <= q or same_block) and not later_scale
+                elif sq != sk:
+                    out[r, q, k] = False
+                elif int(level[r, q]) >= 0 and int(level[r, k]) >= 0:
+                    out[r, q, k] = int(level[r, k]) <= int(level[r, q])
+                else:
+                    out[r, q, k] = k <= q
     return out
 
 
