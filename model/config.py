@@ -69,6 +69,13 @@ class ModelConfig:
         diffusion_batch_mul: mar mode: noise draws per token per step (MAR used 4).
         tie_embeddings: share the input embedding with the LM output projection.
         init_std: std of the normal init of linear and embedding weights.
+        attention_head_dim: channels per attention head (0 = width / heads); Qwen3 checkpoints
+            set it apart from the width.
+        init_from: a local Hugging Face checkpoint folder of a Llama, Mistral or Qwen3 LLM
+            (model/pretrained.py): its config.json fixes width, depth, heads, kv_heads,
+            attention_head_dim, mlp_hidden, norm_eps, rope_theta, qk_norm, tie_embeddings and
+            text_vocab_size (a value set here that differs from it is an error), and training
+            starts from its backbone, text embeddings and LM head; the image parts start fresh.
     """
 
     mode: Literal["transfusion", "mar", "discrete"] = "transfusion"
@@ -99,11 +106,13 @@ class ModelConfig:
     diffusion_batch_mul: int = 4
     tie_embeddings: bool = False
     init_std: float = 0.02
+    attention_head_dim: int = 0
+    init_from: str = ""
 
     # ---- derived sizes -------------------------------------------------------------------
     @property
     def head_dim(self) -> int:
-        return self.width // self.heads
+        return self.attention_head_dim or self.width // self.heads
 
     @property
     def num_kv_heads(self) -> int:
@@ -163,12 +172,18 @@ class ModelConfig:
         return self.head_width or self.width
 
     def validate(self) -> None:
+        if self.init_from:  # the checkpoint's shapes first: every check below applies to them
+            from model.pretrained import PretrainedLLM
+
+            PretrainedLLM(self.init_from).apply_shapes(self)
         positive = ("text_vocab_size", "latent_channels", "latent_size", "patch_size", "width", "depth", "heads",
                     "head_depth", "diffusion_batch_mul", "adapter_channels")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        if self.width % self.heads:
+        if self.attention_head_dim < 0:
+            raise ConfigError(f"model.attention_head_dim must be >= 0 (0 = width / heads), got {self.attention_head_dim}")
+        if self.width % self.heads and not self.attention_head_dim:
             raise ConfigError(f"model.width={self.width} is not divisible by model.heads={self.heads}; "
                               "choose heads that divide the width")
         if self.num_kv_heads < 1 or self.heads % self.num_kv_heads:

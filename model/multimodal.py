@@ -148,6 +148,15 @@ class MultimodalModel(nn.Module):
     def trunk(self, h: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         return self.backbone(h, ctx) if self.backbone is not None else h
 
+    def text_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T) text ids, one causal document per row -> (B, T, text_vocab_size) next-token
+        logits: the plain language model (what a model started from an LLM is compared with)."""
+        modality, ones = torch.zeros_like(tokens), torch.ones_like(tokens)
+        positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens).unsqueeze(-1).expand(-1, -1, 3)
+        h = self.embed(tokens, modality, None, tokens.new_zeros(0, 3))
+        h = self.trunk(h, self.context(ones, torch.zeros_like(tokens), positions))
+        return self.lm_head(h)[..., :self.cfg.text_vocab_size]
+
     # ---- training -----------------------------------------------------------------------------
     def forward(self, batch: pb.PackedBatch) -> StepOutput:
         inputs, velocity_target = self.diffusion_inputs(batch)

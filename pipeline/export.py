@@ -39,7 +39,10 @@ def run_meta(cfg) -> dict:
 
     manifests = [schema.Manifest.read(d) for d in cfg.data.shard_dirs]
     norm = LatentNorm.from_manifests(manifests) if cfg.data.normalise_latents else None
-    return {"export_version": EXPORT_VERSION, "model": asdict(cfg.model), "text_tokenizer": cfg.data.text_tokenizer,
+    # init_from cleared: an export is self-contained (its weights hold the LLM's); where it began is kept apart
+    model = asdict(cfg.model) | {"init_from": ""}
+    return {"export_version": EXPORT_VERSION, "model": model, "started_from_llm": cfg.model.init_from,
+            "text_tokenizer": cfg.data.text_tokenizer,
             "image_tokenizer": cfg.data.tokenizer or manifests[0].tokenizer.get("path", ""),
             "latent_norm": norm.to_dict() if norm else None,
             "ema_decay": cfg.optim.ema_decay}  # > 0: these weights are that average, not the last step's

@@ -75,7 +75,12 @@ def check_tokenizers(cfg: DataConfig, manifests: list[schema.Manifest], model: M
     text vocabulary), before any step runs."""
     from model.tokenizers import image_tokenizer_fingerprint
 
-    if text.vocab_size != model.text_vocab_size:
+    # a pretrained LLM's embedding may hold more rows than its tokenizer has ids (Qwen pads it)
+    fits = text.vocab_size <= model.text_vocab_size if model.init_from else text.vocab_size == model.text_vocab_size
+    if not fits:
+        if model.init_from:
+            raise DataError(f"text tokenizer has {text.vocab_size} ids, more than the {model.text_vocab_size} rows of "
+                            f"model.init_from={model.init_from}'s embedding; use that LLM's own tokenizer.json")
         raise DataError(f"text tokenizer has {text.vocab_size} ids, model.text_vocab_size="
                         f"{model.text_vocab_size}; set them equal")
     for m, folder in zip(manifests, cfg.shard_dirs):

@@ -57,6 +57,7 @@ def train_config(mode: str, layout: dict, engine: str = "native", microbatches: 
                  settings: dict | None = None) -> TrainConfig:
     """`settings`: engine sections' fields by dotted name, e.g. {"megatron.virtual_stages": 2}."""
     model = dataclasses.replace(tiny_cfg(mode), **(model_options or {}))
+    model.validate()  # as a loaded config is: model.init_from's shapes are filled in here
     cfg = TrainConfig(model=model, parallel=ParallelConfig(**layout), optim=OptimConfig(lr=LR, grad_accum=microbatches),
                       train=LoopConfig(engine=engine, seed=0, precision=precision))
     for key, value in (settings or {}).items():

@@ -36,6 +36,7 @@ import torch.distributed as dist
 from core.errors import ConfigError, DataError
 from model.config import ModelConfig
 from model.multimodal import MultimodalModel
+from model.pretrained import PretrainedLLM
 from pipeline.distributed import DistInfo, join_single_process_group
 from pipeline.engines.base import LOSS_PARTS, Engine, StepResult, optimizer_moments
 from pipeline.engines.deepspeed.average import MasterAverage, master_partitions, whole_fp32
@@ -99,6 +100,8 @@ class DeepSpeedEngine(Engine):
         model.init_weights()
         if cfg.train.init_from:
             model.load_state_dict(weights_to_start_from(cfg.train.init_from, cfg.model))
+        elif cfg.model.init_from:  # a pretrained LLM's backbone, text embeddings and LM head
+            PretrainedLLM(cfg.model.init_from).load_into(model)
         self._matmul_params = matmul_params(model)
         recompute = cfg.train.activation_checkpointing  # torch's non-reentrant recompute of each block
         self.feed = None

@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from core.errors import ConfigError
 from model.config import ModelConfig
+from model.pretrained import PretrainedLLM
 from pipeline.distributed import DistInfo, join_single_process_group
 from pipeline.engines.base import LOSS_PARTS, Engine, StepResult, optimizer_moments
 from pipeline.engines.ema import WeightAverage
@@ -128,6 +129,8 @@ class MegatronEngine(Engine):
         part.init_weights()
         if cfg.train.init_from:
             part.load_state_dict(weights_to_start_from(cfg.train.init_from, cfg.model))
+        elif cfg.model.init_from:  # a pretrained LLM's backbone, text embeddings and LM head
+            PretrainedLLM(cfg.model.init_from).load_into(part)
         whole = {k: v.detach().clone() for k, v in part.state_dict().items()}
         params = matmul_params(part)
         # chunk v of pipeline rank r is virtual stage v * pp + r (megatron's interleaved order)

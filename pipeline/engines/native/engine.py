@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from model.multimodal import MultimodalModel
+from model.pretrained import PretrainedLLM
 from pipeline.distributed import DistInfo
 from pipeline.engines.base import LOSS_PARTS, Engine, StepResult
 from pipeline.engines.ema import WeightAverage
@@ -66,7 +67,8 @@ class NativeEngine(Engine):
                     compile_blocks=cfg.train.compile, reshard_after_forward=cfg.native.reshard_after_forward,
                     precision=cfg.train.precision)
         start_from = weights_to_start_from(cfg.train.init_from, cfg.model) if cfg.train.init_from else None
-        materialise(model, plan, self.info.device, start_from)
+        llm = PretrainedLLM(cfg.model.init_from) if cfg.model.init_from and start_from is None else None
+        materialise(model, plan, self.info.device, start_from, llm)
         return model, root
 
     @property

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from model.multimodal import MultimodalModel
+from model.pretrained import PretrainedLLM, overlay
 from model.transformer import Init
 
 
@@ -52,14 +53,16 @@ def replay_construction_draws(model: nn.Module) -> None:
 
 @torch.no_grad()
 def materialise(model: MultimodalModel, plan: list[PlannedParameter], device: torch.device,
-                start_from: dict[str, torch.Tensor] | None = None) -> None:
+                start_from: dict[str, torch.Tensor] | None = None, llm: PretrainedLLM | None = None) -> None:
     """Allocate `model`'s (possibly sharded, possibly pruned) parameters on `device` and fill
-    them with their part of the plan's full values (or of `start_from`'s: train.init_from)."""
+    them with their part of the plan's full values (or of `start_from`'s: train.init_from), the
+    pretrained LLM's tensors over them (model.init_from: its rows of the embeddings)."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     model.to_empty(device=device)
     model.tie_weights()
     params = dict(model.named_parameters())
+    pretrained = set(llm.names(model.cfg)) if llm is not None else set()
     for planned in plan:
         if start_from is not None:
             full = start_from[planned.name].to(planned.dtype)
@@ -69,6 +72,8 @@ def materialise(model: MultimodalModel, plan: list[PlannedParameter], device: to
         param = params.get(planned.name)
         if param is None:
             continue  # another pipeline stage's parameter: drawn only to keep the stream in step
+        if planned.name in pretrained:
+            overlay(full, llm.tensor(planned.name, model.cfg))
         if isinstance(param, DTensor):
             # src_data_rank=None: every rank holds the same full values, so each cuts its own piece
             piece = distribute_tensor(full.to(device), param.device_mesh, param.placements, src_data_rank=None)

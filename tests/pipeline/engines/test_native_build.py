@@ -49,3 +49,24 @@ def test_export_and_eval_model_hold_the_trained_weights():
     copy = engine.eval_model()
     assert copy is not engine.model
     assert all(torch.equal(copy.state_dict()[k], v) for k, v in exported.items())
+
+
+@pytest.mark.parametrize("family, options", [("llama", {}), ("qwen3", {"head_dim": 24, "tie_word_embeddings": True})])
+def test_meta_build_from_an_llm_gives_the_weights_of_a_cpu_build(family, options, tmp_path):
+    """model.init_from through the meta build (materialise lays the LLM over the plan's draws)
+    equals a CPU build with the LLM loaded into it: the LLM's tensors, the rest the seed's."""
+    pytest.importorskip("transformers")
+    from model.pretrained import PretrainedLLM
+    from support.llm_helpers import save_tiny_llm
+
+    llm = save_tiny_llm(tmp_path / family, family, **options)
+    cfg = train_config("transfusion", {}, model_options={"init_from": str(llm)})
+    torch.manual_seed(cfg.train.seed)
+    reference = MultimodalModel(cfg.model)
+    reference.init_weights()
+    fresh = {k: v.clone() for k, v in reference.state_dict().items()}
+    PretrainedLLM(llm).load_into(reference)
+    got, expected = NativeEngine(cfg, ONE_PROCESS).model.state_dict(), reference.state_dict()
+    assert all(torch.equal(got[k], expected[k]) for k in expected), [k for k in expected if not torch.equal(got[k], expected[k])]
+    changed = {k for k in expected if not torch.equal(fresh[k], expected[k])}
+    assert "backbone.layers.1.attention.wqkv.weight" in changed and "latent_in.proj.weight" not in changed

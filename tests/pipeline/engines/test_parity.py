@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 from core.errors import ConfigError
 from pipeline.engines.base import ENGINES, get_engine
 from pipeline.engines.parallel import ParallelConfig
+from support.llm_helpers import save_tiny_llm
 from support.parity import BF16_TOLERANCE, free_port, reference, tiny_cfg, worker
 
 STEPS = 3
@@ -142,6 +143,31 @@ def test_next_scale_matches_one_process(engine, name, layout, world, settings, t
         assert abs(a - b) < 1e-5, (got, expected)
     for a, b in zip(got["grad_norms"], expected["grad_norms"]):
         assert abs(a - b) < 1e-4 * b, (got, expected)
+
+
+# model.init_from, one LLM family and mode per row: each engine's way of filling its parameters
+# (DTensor shards, a pipeline stage's own layers, megatron's layer layout, ZeRO-3 partitions)
+LLM_ROWS = {("native", "tp2"): ("qwen3", "transfusion"), ("native", "pp2 1f1b"): ("llama", "mar"),
+            ("megatron", "tp2"): ("qwen3", "discrete"), ("deepspeed", "zero3 dp2"): ("qwen3", "transfusion")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine, name, layout, world, settings",
+                         [row for row in ROWS if tuple(row.values[:2]) in LLM_ROWS])
+def test_llm_start_matches_one_process(engine, name, layout, world, settings, tmp_path):
+    """Training from a Hugging Face LLM (Llama; Qwen3 with qk-norm and a head width apart from
+    width / heads) under sharded, tensor-parallel and pipelined layouts of every engine."""
+    pytest.importorskip("transformers")
+    family, mode = LLM_ROWS[(engine, name)]
+    # tied embeddings where the layout allows them (not across pipeline stages or megatron's TP)
+    tied = engine != "megatron" and "pp" not in layout
+    options = {"head_dim": 24, "tie_word_embeddings": tied} if family == "qwen3" else {}
+    llm = {"init_from": str(save_tiny_llm(tmp_path / "llm", family, **options))}
+    got = run_layout(engine, layout, world, mode, tmp_path, llm, settings=settings)
+    expected = reference(layout, world, STEPS, mode, llm)
+    assert got["losses"][-1] < got["losses"][0]
+    for a, b in zip(got["losses"], expected["losses"]):
+        assert abs(a - b) < 1e-5, (got, expected)
 
 
 @pytest.mark.slow
