@@ -27,8 +27,9 @@ from model.config import ModelConfig
 from model.multimodal import MultimodalModel
 
 # 2: SwiGLU's fused, row-interleaved ffn.w13 became ffn.w1 (gate) and ffn.w3 (up); version 1 still
-# reads (split exactly on load: legacy_ffn)
-EXPORT_VERSION = 2
+# reads (split exactly on load: legacy_ffn). Version 3: `nodd export` copies the tokenizers in
+# ("bundled": their paths in model.json are relative to the folder); 2 still loads.
+EXPORT_VERSION = 3
 WEIGHTS, INDEX, META = "model.safetensors", "model.safetensors.index.json", "model.json"
 
 
@@ -81,6 +82,51 @@ def write_export(folder: Path, weights: dict[str, torch.Tensor], meta: dict | No
     if world > 1:
         dist.barrier()
     return folder
+
+
+BUNDLED_IMAGE_TOKENIZER, BUNDLED_TEXT_TOKENIZER = "image_tokenizer", "text_tokenizer.json"
+# what a bundled image tokenizer keeps: nodd's own files, or a diffusers VAE's config and
+# safetensors weights (never a pickled .bin: loading an export executes no code)
+TOKENIZER_FILES = ("tokenizer.safetensors", "tokenizer_config.json", "fingerprint.txt", "config.json",
+                   "diffusion_pytorch_model.safetensors")
+
+
+def bundle_tokenizers(meta: dict, folder: Path) -> dict:
+    """Copy the image tokenizer's folder and the text tokenizer's JSON into the export `folder`;
+    `meta` with paths relative to it and "bundled": true."""
+    import shutil
+
+    meta = dict(meta)
+    image = meta.get("image_tokenizer")
+    if image:
+        source, target = Path(image), folder / BUNDLED_IMAGE_TOKENIZER
+        files = [source / name for name in TOKENIZER_FILES if (source / name).is_file()]
+        if not files:
+            raise DataError(f"the image tokenizer {source} this run decodes with is gone or holds no safetensors "
+                            f"weights; put it back (or a copy at that path) and export again")
+        target.mkdir(parents=True, exist_ok=True)
+        for file in files:
+            shutil.copy2(file, target / file.name)
+        meta["image_tokenizer"] = BUNDLED_IMAGE_TOKENIZER
+    text = meta.get("text_tokenizer", "byte")
+    if text != "byte":
+        from model.tokenizers.text import tokenizer_json_path
+
+        shutil.copy2(tokenizer_json_path(text), folder / BUNDLED_TEXT_TOKENIZER)
+        meta["text_tokenizer"] = BUNDLED_TEXT_TOKENIZER
+    return meta | {"bundled": True}
+
+
+def bundled_paths(meta: dict, folder: Path) -> dict:
+    """An export's meta with its bundled tokenizers' paths made absolute."""
+    if not meta.get("bundled"):
+        return meta
+    out = dict(meta)
+    if out.get("image_tokenizer"):
+        out["image_tokenizer"] = str(Path(folder) / out["image_tokenizer"])
+    if out.get("text_tokenizer", "byte") != "byte":
+        out["text_tokenizer"] = str(Path(folder) / out["text_tokenizer"])
+    return out
 
 
 def is_export(folder: Path) -> bool:

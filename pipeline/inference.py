@@ -24,6 +24,8 @@ from pipeline.data.samples import LatentNorm
 from pipeline.export import (
     EXPORT_VERSION,
     META,
+    bundle_tokenizers,
+    bundled_paths,
     is_export,
     legacy_ffn,
     model_config,
@@ -74,7 +76,7 @@ def load_run(path: str | Path) -> LoadedRun:
     path = Path(path)
     if is_export(path):
         weights, meta = read_export(path)
-        return LoadedRun(model_from_weights(model_config(meta), weights), meta)
+        return LoadedRun(model_from_weights(model_config(meta), weights), bundled_paths(meta, path))
     if (path / "meta.json").is_file() and path.parent.name == "checkpoints":
         checkpoint = path
     else:
@@ -132,11 +134,16 @@ def _whole_payload(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 
 def export(run: str | Path, out: str | Path) -> Path:
-    """`nodd export`: the run's (or checkpoint's) weights as an export folder at `out`."""
+    """`nodd export`: the run's (or checkpoint's) weights as an export folder at `out`, with the
+    tokenizers it decodes with copied in (pipeline/export.py bundle_tokenizers): the folder alone
+    samples and captions on another machine."""
     loaded = load_run(run)
     weights = dict(loaded.model.named_parameters())  # a tied LM head is the embedding: stored once
     meta = {k: v for k, v in loaded.meta.items() if k != "checkpoint"} | {"export_version": EXPORT_VERSION}
-    return write_export(Path(out), {k: v.detach() for k, v in weights.items()}, meta)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = bundle_tokenizers(meta, out)  # before model.json, which write_export writes last
+    return write_export(out, {k: v.detach() for k, v in weights.items()}, meta)
 
 
 @torch.no_grad()
@@ -148,12 +155,26 @@ def sample_images(run: LoadedRun, prompt: str, n: int, steps: int, cfg_scale: fl
     ids = run.text.encode(prompt)
     out = generate_images(run.model, [ids] * n, run.text.bos_id, steps=steps, cfg_scale=cfg_scale, seed=seed,
                           temperature=temperature)
+    return decode_tokens(run, out)
+
+
+@torch.no_grad()
+def decode_tokens(run: LoadedRun, tokens: torch.Tensor) -> np.ndarray:
+    """(n, C, h, w) normalised latents or (n, h, w) codes -> (n, H, W, 3) uint8 pixels."""
     tok = run.image_tokenizer
     if run.model.cfg.mode == "discrete":
-        pixels = tok.decode_codes(out.long())
+        pixels = tok.decode_codes(tokens.long())
     else:
-        pixels = tok.decode(run.denormalise(out.float()))
+        pixels = tok.decode(run.denormalise(tokens.float()))
     return ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def encode_images(run: LoadedRun, images: np.ndarray) -> torch.Tensor:
+    """(n, H, W, 3) uint8 -> what the model reads: normalised latent means or codes."""
+    x = torch.from_numpy(images).float().div(127.5).sub(1).permute(0, 3, 1, 2)
+    encoded = run.image_tokenizer.encode(x)
+    return encoded.codes if run.model.cfg.mode == "discrete" else run.normalise(encoded.mean)
 
 
 @torch.no_grad()
@@ -161,9 +182,5 @@ def caption_images(run: LoadedRun, images: np.ndarray, max_tokens: int = 48) -> 
     """Captions for (B, H, W, 3) uint8 images at the tokenizer's resolution."""
     from model.sampling import caption
 
-    tok = run.image_tokenizer
-    x = torch.from_numpy(images).float().div(127.5).sub(1).permute(0, 3, 1, 2)
-    encoded = tok.encode(x)
-    cond = encoded.codes if run.model.cfg.mode == "discrete" else run.normalise(encoded.mean)
-    ids = caption(run.model, cond, run.text.bos_id, run.text.eos_id, max_new_tokens=max_tokens)
+    ids = caption(run.model, encode_images(run, images), run.text.bos_id, run.text.eos_id, max_new_tokens=max_tokens)
     return [run.text.decode(row) for row in ids]

@@ -143,7 +143,7 @@ def _canonical(tokenizer_json: str) -> bytes:
     return json.dumps(json.loads(tokenizer_json), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def _json_path(path: str | os.PathLike) -> Path:
+def tokenizer_json_path(path: str | os.PathLike) -> Path:
     """A directory means <dir>/tokenizer.json; anything else is the file itself."""
     p = Path(path)
     return p / "tokenizer.json" if p.is_dir() or p.suffix != ".json" else p
@@ -170,7 +170,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_path: str | os.PathLike
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    out = _json_path(out_path)
+    out = tokenizer_json_path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tok.save(str(out))
     return BPETokenizer.from_file(out)
@@ -180,7 +180,7 @@ def load_text_tokenizer(spec: str | os.PathLike) -> ByteTokenizer | BPETokenizer
     """"byte" -> ByteTokenizer; otherwise a tokenizer.json path, or a directory holding one."""
     if str(spec) == "byte":
         return ByteTokenizer()
-    p = _json_path(spec)
+    p = tokenizer_json_path(spec)
     if not p.is_file():
         raise DataError(
             f"no text tokenizer at {p}: give 'byte', a tokenizer.json, or a directory holding one; "

@@ -60,6 +60,8 @@ class LoopConfig:
     # an export/, a checkpoint or a run dir: a new run starts from its weights (fresh optimizer and
     # data, step 0), whichever engine and layout wrote them. --resume takes precedence.
     init_from: str = ""
+    # parameter-name patterns that do not train, e.g. ["backbone"] (pipeline/engines/freeze.py)
+    freeze: list[str] = field(default_factory=list)
     peak_tflops: float = 0.0  # MFU denominator per device; 0 = measure a matmul at start (see train/metrics.py)
 
     def validate(self) -> None:
@@ -96,3 +98,9 @@ class TrainConfig:
     megatron: MegatronConfig = field(default_factory=MegatronConfig)  # read by train.engine="megatron" only
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)  # read by train.engine="deepspeed" only
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        if self.train.freeze:  # before any process starts: a typo would otherwise train everything
+            from pipeline.engines.freeze import check_patterns
+
+            check_patterns(self.model, self.train.freeze)

@@ -28,7 +28,7 @@ from pipeline.data.prefetch import Prefetcher, prefetch_depth
 from pipeline.distributed import init_distributed
 from pipeline.engines.base import check_layout, get_engine
 from pipeline.export import run_meta
-from pipeline.train.checkpoint import Checkpointer
+from pipeline.train.checkpoint import Checkpointer, read_meta
 from pipeline.train.config import TrainConfig
 from pipeline.train.cpu_runtime import tune_cpu_runtime
 from pipeline.train.metrics import (
@@ -85,6 +85,15 @@ def memory_record(device: torch.device, engine) -> dict:
                                    for r in ranks]}
 
 
+def _check_same_freeze(checkpoint: Path, freeze: list[str]) -> None:
+    """The optimizer state holds the trainable parameters only: a resume must train the same ones."""
+    saved = read_meta(checkpoint).get("freeze", [])
+    if saved != freeze:
+        raise ConfigError(f"{checkpoint} trained with train.freeze={saved}, this run asks for {freeze}; resume with "
+                          f"the same list, or start the next stage as a new run from its weights "
+                          f"(train.init_from={checkpoint / 'export'})")
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     info = init_distributed(cfg.train.device)
     if info.device.type == "cpu":
@@ -101,6 +110,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     step = 0
     if not resume and ckpt.finished():
         raise ConfigError(f"{run_dir} already holds checkpoints; pass --resume to continue it, or use a new run_dir")
+    if resume and ckpt.finished():
+        _check_same_freeze(ckpt.finished()[-1], cfg.train.freeze)
     if resume:
         loaded = ckpt.load_latest(engine)
         if loaded is not None:
@@ -120,7 +131,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     data = Prefetcher(loader, cfg.optim.grad_accum, prefetch_depth(cfg.data.prefetch, info.device))
     try:
         last = _steps(cfg, info, engine, data, ckpt, sink, stop, step, peak,
-                      {"world": info.world, "parallel": layout.__dict__}, export_meta)
+                      {"world": info.world, "parallel": layout.__dict__, "freeze": cfg.train.freeze}, export_meta)
     finally:
         data.close()
         sink.close()

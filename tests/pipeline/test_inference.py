@@ -96,3 +96,55 @@ def test_prompt_grid_covers_every_single_object_and_parses():
     assert len(singles) == 24 and len(set(singles)) == 24 and len(grid) == 34
     assert all(parse_caption(p) is not None for _, p in grid)
     assert {k for k, _ in grid} >= {"single", "count", "relation"}
+
+
+def test_an_export_carries_its_tokenizers_and_works_moved_elsewhere(tmp_path, shards):
+    import json
+    import shutil
+
+    from model.tokenizers.text import train_bpe
+    from pipeline.export import bundle_tokenizers, bundled_paths
+
+    run = tmp_path / "run"
+    train(config(run, shards["kl"], train__steps=2))
+    assert main(["export", str(run), "--out", str(tmp_path / "out")]) == 0
+    moved = shutil.move(str(tmp_path / "out"), str(tmp_path / "elsewhere"))
+    meta = json.loads((tmp_path / "elsewhere" / "model.json").read_text())
+    assert meta["bundled"] and meta["image_tokenizer"] == "image_tokenizer" and meta["export_version"] == 3
+    assert sorted(p.name for p in (tmp_path / "elsewhere" / "image_tokenizer").iterdir()) == [
+        "fingerprint.txt", "tokenizer.safetensors", "tokenizer_config.json"]  # safetensors and JSON only
+    loaded = load_run(moved)
+    assert loaded.meta["image_tokenizer"] == str(tmp_path / "elsewhere" / "image_tokenizer")
+    assert np.array_equal(sample_images(loaded, "a red circle", 1, steps=2, cfg_scale=None, seed=3),
+                          sample_images(load_run(run), "a red circle", 1, steps=2, cfg_scale=None, seed=3))
+    # a BPE text tokenizer is copied in too, and read back from the folder
+    bpe = train_bpe(["a red circle", "two blue squares"] * 20, 280, tmp_path / "bpe" / "tokenizer.json")
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    text_meta = bundle_tokenizers({"text_tokenizer": str(tmp_path / "bpe" / "tokenizer.json")}, folder)
+    assert text_meta["text_tokenizer"] == "text_tokenizer.json"
+    from model.tokenizers import load_text_tokenizer
+
+    again = load_text_tokenizer(bundled_paths(text_meta, folder)["text_tokenizer"])
+    assert again.fingerprint == bpe.fingerprint
+
+
+def test_the_python_api_generates_captions_and_round_trips_the_tokenizer(tmp_path, shards):
+    import pytest
+
+    from core.errors import DataError
+    from pipeline.api import load
+
+    run = tmp_path / "run"
+    train(config(run, shards["kl"], train__steps=2))
+    assert main(["export", str(run), "--out", str(tmp_path / "export")]) == 0
+    model = load(tmp_path / "export")
+    images = model.generate("a red circle", n=2, steps=2, seed=0)
+    assert images.shape == (2, 32, 32, 3) and np.array_equal(images, model.generate("a red circle", n=2, steps=2, seed=0))
+    assert np.array_equal(images, sample_images(load_run(run), "a red circle", 2, steps=2, cfg_scale=3.0, seed=0))
+    assert len(model.caption(images, max_tokens=3)) == 2
+    latents = model.encode(images)
+    assert latents.shape == (2, 4, 8, 8) and model.decode(latents).shape == images.shape
+    assert model.text.decode(model.text.encode("a red circle")) == "a red circle"
+    with pytest.raises(DataError, match="uint8"):
+        model.caption(images.astype(np.float32))

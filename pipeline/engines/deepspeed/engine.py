@@ -40,6 +40,7 @@ from model.pretrained import PretrainedLLM
 from pipeline.distributed import DistInfo, join_single_process_group
 from pipeline.engines.base import LOSS_PARTS, Engine, StepResult, optimizer_moments
 from pipeline.engines.deepspeed.average import MasterAverage, master_partitions, whole_fp32
+from pipeline.engines.freeze import freeze
 from pipeline.engines.deepspeed.pipe import Feed, nodd_named_parameters, pipeline_module
 from pipeline.engines.deepspeed.universal import reshardable, universal_copy
 from pipeline.engines.parallel import ParallelConfig
@@ -102,6 +103,7 @@ class DeepSpeedEngine(Engine):
             model.load_state_dict(weights_to_start_from(cfg.train.init_from, cfg.model))
         elif cfg.model.init_from:  # a pretrained LLM's backbone, text embeddings and LM head
             PretrainedLLM(cfg.model.init_from).load_into(model)
+        freeze(model, cfg.train.freeze)
         self._matmul_params = matmul_params(model)
         recompute = cfg.train.activation_checkpointing  # torch's non-reentrant recompute of each block
         self.feed = None

@@ -29,6 +29,7 @@ from model.pretrained import PretrainedLLM
 from pipeline.distributed import DistInfo, join_single_process_group
 from pipeline.engines.base import LOSS_PARTS, Engine, StepResult, optimizer_moments
 from pipeline.engines.ema import WeightAverage
+from pipeline.engines.freeze import freeze
 from pipeline.engines.native.precision import DTYPES
 from pipeline.engines.parallel import ParallelConfig
 from pipeline.export import weights_to_start_from
@@ -131,7 +132,9 @@ class MegatronEngine(Engine):
             part.load_state_dict(weights_to_start_from(cfg.train.init_from, cfg.model))
         elif cfg.model.init_from:  # a pretrained LLM's backbone, text embeddings and LM head
             PretrainedLLM(cfg.model.init_from).load_into(part)
+        freeze(part, cfg.train.freeze)  # the chunks' nodd parts keep it; their blocks: _freeze_block
         whole = {k: v.detach().clone() for k, v in part.state_dict().items()}
+        self._frozen = {n for n, p in part.named_parameters() if not p.requires_grad}
         params = matmul_params(part)
         # chunk v of pipeline rank r is virtual stage v * pp + r (megatron's interleaved order)
         chunks = [self._build_chunk(config, part if v == vp - 1 else copy.deepcopy(part), whole, v, vp)
@@ -161,6 +164,7 @@ class MegatronEngine(Engine):
         if last and pcfg.tp > 1:
             head = VocabParallelHead(config, cfg.model.width, cfg.model.vocab_size, self.tp_rank, pcfg.tp)
             head.load_full(whole["lm_head.weight"])
+            head.requires_grad_("lm_head.weight" not in self._frozen)
             part.lm_head = head
         block = build_block(config, cfg.model, cfg.megatron.core_attention, pre_process=first, post_process=last,
                             vp_stage=v if vp > 1 else None)
@@ -168,6 +172,8 @@ class MegatronEngine(Engine):
             recompute_layers(block)
         block.load_state_dict(to_megatron(whole, index * per_chunk, per_chunk, self.tp_rank, pcfg.tp, final_norm=last),
                               strict=True)
+        if self._frozen:
+            self._freeze_block(block, whole, index * per_chunk, per_chunk, last)
         chunk = MegatronStage(config, part, block, first, last, cfg.megatron.core_attention, first_layer=index * per_chunk)
         chunk.to(self.info.device)
         if self.dtype != torch.float32:
@@ -178,6 +184,22 @@ class MegatronEngine(Engine):
             for p in chunk.parameters():
                 p.data = p.data.to(self.dtype)
         return chunk
+
+    def _freeze_block(self, block, whole: dict, first_layer: int, layers: int, last: bool) -> None:
+        """train.freeze on megatron's layers: a mask of the frozen nodd tensors goes through the
+        same conversion as the weights, so each megatron tensor is frozen where all its nodd
+        sources are; one fused from frozen and trainable sources (linear_fc1 = gate + up,
+        linear_qkv) cannot be, and is refused."""
+        from pipeline.engines.megatron.convert import to_megatron
+
+        mask = {k: torch.full(v.shape, k in self._frozen) for k, v in whole.items()}
+        converted = to_megatron(mask, first_layer, layers, self.tp_rank, self.pcfg.tp, final_norm=last)
+        for name, param in block.named_parameters():
+            if name in converted and bool(converted[name].all()):
+                param.requires_grad_(False)
+            elif name in converted and bool(converted[name].any()):
+                raise ConfigError(f"train.freeze: megatron's {name} fuses frozen and trainable nodd tensors "
+                                  "(gate and up, or q, k and v); freeze both halves or neither")
 
     def _build_optimizer(self):
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer

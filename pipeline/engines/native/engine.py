@@ -21,6 +21,7 @@ from model.pretrained import PretrainedLLM
 from pipeline.distributed import DistInfo
 from pipeline.engines.base import LOSS_PARTS, Engine, StepResult
 from pipeline.engines.ema import WeightAverage
+from pipeline.engines.freeze import freeze
 from pipeline.engines.native.materialize import init_plan, materialise, replay_construction_draws
 from pipeline.engines.native.optim import build_optimizer, clip_grad_norm
 from pipeline.engines.native.parallelize import build_mesh, parallelize, sync_partial_grads
@@ -58,6 +59,7 @@ class NativeEngine(Engine):
         cfg = self.cfg
         with torch.device("meta"):
             model = MultimodalModel(cfg.model)
+        freeze(model, cfg.train.freeze)  # on the whole model: every layout carries requires_grad along
         self._matmul_params = matmul_params(model)  # of the whole model, before the pipeline cut
         plan = init_plan(model)
         torch.manual_seed(cfg.train.seed)

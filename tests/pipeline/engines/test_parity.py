@@ -170,6 +170,30 @@ def test_llm_start_matches_one_process(engine, name, layout, world, settings, tm
         assert abs(a - b) < 1e-5, (got, expected)
 
 
+# train.freeze per engine: FSDP2 shards mixing frozen and trainable tensors, megatron's converted
+# layers and vocabulary-parallel head, ZeRO-3 partitions
+FREEZE_ROWS = {("native", "fsdp2"): ["backbone.layers.0", "tok_embeddings"],
+               ("megatron", "tp2"): ["backbone.layers.0", "lm_head"], ("deepspeed", "zero3 dp2"): ["backbone"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine, name, layout, world, settings",
+                         [row for row in ROWS if tuple(row.values[:2]) in FREEZE_ROWS])
+def test_frozen_parameters_match_one_process(engine, name, layout, world, settings, tmp_path):
+    settings = settings | {"train.freeze": FREEZE_ROWS[(engine, name)]}
+    got = run_layout(engine, layout, world, "transfusion", tmp_path, settings=settings)
+    expected = reference(layout, world, STEPS, "transfusion", settings=settings)
+    assert got["losses"][-1] < got["losses"][0]
+    for a, b in zip(got["losses"], expected["losses"]):
+        assert abs(a - b) < 1e-5, (got, expected)
+
+
+@pytest.mark.skipif(not installed("megatron"), reason="megatron not installed")
+def test_megatron_refuses_to_freeze_half_of_a_fused_tensor(tmp_path):
+    with pytest.raises(Exception, match="fuses frozen and trainable"):
+        run_layout("megatron", {}, 1, "transfusion", tmp_path, settings={"train.freeze": ["backbone.layers.0.ffn.w1"]})
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not installed("megatron"), reason="megatron not installed")
 @pytest.mark.parametrize("mode", ["transfusion", "discrete"])
