@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 	@if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install --quiet "torch==2.13.0"; fi
 	@# megatron-core (2.6 MB, pure Python here) and DeepSpeed (built from its source package, no
 	@# CUDA ops) so that both engines are tested everywhere
-	$(PY) -m pip install --quiet -e ".[dev,megatron,deepspeed]"
+	$(PY) -m pip install --quiet -e ".[dev,megatron,deepspeed,tracking]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -131,6 +131,13 @@ def evaluate(run_path: str | Path, per_prompt: int = 4, extra: int = 24, images:
                "settings": {"per_prompt": per_prompt, "steps": steps, "cfg_scale": cfg_scale}}
     (run_path / "eval.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     write_report(run_path, results)
+    if (run_path / "train_config.toml").is_file():  # a run directory: its MLflow / W&B runs get the report
+        from core.config import load_config
+        from pipeline.train.config import TrainConfig
+        from pipeline.train.trackers import log_evaluation
+
+        saved = load_config(TrainConfig, run_path / "train_config.toml", ['model.init_from=""'])
+        log_evaluation(run_path, saved.train, results)
     return results
 
 

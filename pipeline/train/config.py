@@ -13,6 +13,7 @@ from pipeline.engines.deepspeed.config import DeepSpeedConfig
 from pipeline.engines.megatron.config import MegatronConfig
 from pipeline.engines.native.config import NativeConfig
 from pipeline.engines.parallel import ParallelConfig
+from pipeline.train.trackers import check_trackers
 
 
 @dataclass
@@ -62,11 +63,17 @@ class LoopConfig:
     init_from: str = ""
     # parameter-name patterns that do not train, e.g. ["backbone"] (pipeline/engines/freeze.py)
     freeze: list[str] = field(default_factory=list)
+    # where metrics go (pipeline/train/trackers.py): also "mlflow", "wandb" (pip install 'nodd[tracking]')
+    trackers: list[str] = field(default_factory=lambda: ["jsonl", "tensorboard"])
+    tracking_uri: str = ""  # MLflow; "" = a local file store <run_dir>/../mlruns
+    experiment: str = ""  # MLflow experiment / W&B project ("" = "nodd")
+    wandb_mode: Literal["offline", "online"] = "offline"
     peak_tflops: float = 0.0  # MFU denominator per device; 0 = measure a matmul at start (see train/metrics.py)
 
     def validate(self) -> None:
         if self.steps < 1 or self.log_every < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ConfigError("train.steps, log_every, checkpoint_every and keep_checkpoints must be >= 1")
+        check_trackers(self.trackers)
 
 
 @dataclass

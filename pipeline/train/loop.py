@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from core.config import save_resolved
+from core.config import save_resolved, to_dict
 from core.errors import ConfigError
 from pipeline.data.loader import PackedLoader
 from pipeline.data.prefetch import Prefetcher, prefetch_depth
@@ -123,7 +123,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 loader.reader.start_at_epoch(meta.get("epoch", -1) + 1)
             log.info("resumed from step %d (%s)", step, "same layout" if extra else "new layout: data restarts at the next epoch")
     stop = _StopFlag(info.device)
-    sink = MetricsSink(run_dir, cfg.train.steps, enabled=info.is_main, start_step=step)
+    sink = MetricsSink(run_dir, cfg.train.steps, enabled=info.is_main, start_step=step, settings=cfg.train,
+                       config=to_dict(cfg))
     peak = cfg.train.peak_tflops * 1e12 if cfg.train.peak_tflops > 0 else (
         measure_peak_flops(info.device, torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32)
         if info.is_main else 1.0)

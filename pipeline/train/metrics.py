@@ -143,18 +143,27 @@ class MetricsSink:
     TensorBoard scalars under `tensorboard/`, and a progress line on stderr for people. Other
     ranks get a sink that drops everything."""
 
-    def __init__(self, run_dir: Path, total_steps: int, enabled: bool, start_step: int = 0):
+    def __init__(self, run_dir: Path, total_steps: int, enabled: bool, start_step: int = 0,
+                 settings=None, config: dict | None = None):
+        """`settings`: the train section (its `trackers`: TensorBoard, MLflow, W&B; default
+        jsonl and TensorBoard); `config`: the resolved run config the trackers record."""
         self.enabled, self.total = enabled, total_steps
-        self.jsonl = self.tensorboard = self.bar = None
+        self.jsonl = self.tensorboard = self.bar = self.trackers = None
         if not enabled:
             return
         self.jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
+        wanted = settings.trackers if settings is not None else ["jsonl", "tensorboard"]
+        if "tensorboard" in wanted:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
 
-            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
-        except ImportError:  # the base install has it; a trimmed environment still trains
-            log.warning("tensorboard is not installed: metrics go to metrics.jsonl only")
+                self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
+            except ImportError:  # the base install has it; a trimmed environment still trains
+                log.warning("tensorboard is not installed: metrics go to metrics.jsonl only")
+        if settings is not None and set(wanted) - {"jsonl", "tensorboard"}:
+            from pipeline.train.trackers import Trackers
+
+            self.trackers = Trackers(run_dir, settings, config or {})
         if sys.stderr.isatty():
             from tqdm import tqdm
 
@@ -169,6 +178,8 @@ class MetricsSink:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key != "time":
                     self.tensorboard.add_scalar(f"train/{key}", value, step)
+        if self.trackers is not None:
+            self.trackers.metrics(step, record)
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}",
@@ -179,6 +190,6 @@ class MetricsSink:
                      record["tokens_per_s"], 100 * record["mfu"], record["memory_gib"])
 
     def close(self) -> None:
-        for sink in (self.jsonl, self.tensorboard, self.bar):
+        for sink in (self.jsonl, self.tensorboard, self.bar, self.trackers):
             if sink is not None:
                 sink.close()
