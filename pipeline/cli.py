@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default off)")
     sample.add_argument("--temperature", type=float, default=1.0)
     sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--out", help="folder for the PNG (default RUN/samples)")
+    sample.add_argument("--out", help="folder for the PNG or mp4 (default RUN/samples)")
+    sample.add_argument("--video", action="store_true", help="generate clips (a run trained on video): one mp4 each")
+    sample.add_argument("--frames", type=int, default=8, help="frames per clip with --video (default 8)")
 
     cap = commands.add_parser("caption", help="describe images with a trained run")
     cap.add_argument("--run", required=True, help="run directory or export folder")
@@ -86,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--images", type=int, default=256, help="held-out images to caption (default 256)")
     ev.add_argument("--steps", type=int, default=20, help="ODE steps (default 20)")
     ev.add_argument("--cfg", type=float, default=3.0, help="guidance scale (default 3; 0 = off)")
+    ev.add_argument("--videos", type=int, default=0, help="also generate and score this many moving-shapes clips")
+    ev.add_argument("--frames", type=int, default=8, help="frames per clip (default 8, as prep cuts them)")
 
     demo = commands.add_parser("demo", help="the main job on built-in data: tokenizer, prep, verify, inspect")
     demo.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
@@ -197,7 +201,8 @@ def _train(args) -> int:
 
         ev = cfg.eval
         try:
-            evaluate(cfg.run_dir, ev.per_prompt, ev.extra_prompts, ev.images, ev.steps, ev.cfg_scale or None)
+            evaluate(cfg.run_dir, ev.per_prompt, ev.extra_prompts, ev.images, ev.steps, ev.cfg_scale or None,
+                     ev.videos, ev.frames)
             print(f"evaluated: {cfg.run_dir}/eval.json")
         except NoddError as exc:
             print(f"nodd: error: evaluation failed: {exc}", file=sys.stderr)
@@ -223,10 +228,19 @@ def _sample(args) -> int:
     from pipeline.inference import load_run, sample_images
 
     run = load_run(args.run)
-    images = sample_images(run, args.prompt, args.n, args.steps, args.cfg, args.seed, args.temperature)
     out = Path(args.out or Path(args.run) / "samples")
     out.mkdir(parents=True, exist_ok=True)
     name = re.sub(r"[^a-z0-9]+", "-", args.prompt.lower()).strip("-")[:60] or "empty"
+    if args.video:
+        from data_prep.builtin.moving_shapes import write_mp4
+        from pipeline.inference import sample_videos
+
+        clips = sample_videos(run, args.prompt, args.n, args.frames, args.steps, args.cfg, args.seed, args.temperature)
+        for i, clip in enumerate(clips):
+            write_mp4(clip, out / f"{name}-seed{args.seed}-{i}.mp4")
+        print(f"{len(clips)} clips of {args.frames} frames -> {out}/{name}-seed{args.seed}-*.mp4")
+        return 0
+    images = sample_images(run, args.prompt, args.n, args.steps, args.cfg, args.seed, args.temperature)
     path = save_grid(images, out / f"{name}-seed{args.seed}.png")
     print(f"{len(images)} images -> {path}")
     return 0
@@ -257,7 +271,8 @@ def _caption(args) -> int:
 def _eval(args) -> int:
     from pipeline.evaluate import evaluate
 
-    results = evaluate(args.run, args.per_prompt, args.extra_prompts, args.images, args.steps, args.cfg or None)
+    results = evaluate(args.run, args.per_prompt, args.extra_prompts, args.images, args.steps, args.cfg or None,
+                       args.videos, args.frames)
     summary = {"generation.single_object_accuracy": results["generation"]["single_object_accuracy"],
                "generation.overall_accuracy": results["generation"]["overall_accuracy"],
                "understanding.caption_accuracy": results["understanding"]["caption_accuracy"],

@@ -1,6 +1,6 @@
 """`nodd eval --run RUN`: what a run learned, on the built-in shapes benchmark (CPU only).
 
-    nodd eval --run runs/train/shapes [--per-prompt 4] [--images 256] [--steps 20] [--cfg 3.0]
+    nodd eval --run runs/train/shapes [--per-prompt 4] [--images 256] [--steps 20] [--cfg 3.0] [--videos 0]
 
   generation     prompts from an attribute grid (every colour x shape as a single object, plus
                  counts and relations drawn with a held-out seed), images generated, read back
@@ -11,6 +11,8 @@
                  and per scene kind (single, count, relation). 256 images by default: at 64 an
                  accuracy near 0.9 moves by +-0.04 (one binomial standard deviation)
   text           perplexity of the model on held-out captions
+  video          (--videos N) clips for held-out moving-shapes captions, read back frame by frame:
+                 object, colour and motion direction
 
 Writes RUN/eval.json (generation.single_object_accuracy, generation.overall_accuracy,
 understanding.caption_accuracy, text.perplexity, ...) and RUN/report.md with sample grids and
@@ -91,6 +93,25 @@ def evaluate_generation(run: LoadedRun, per_prompt: int, extra: int, steps: int,
     return result
 
 
+def evaluate_video(run: LoadedRun, count: int, frames: int, steps: int, cfg_scale: float | None, out_dir: Path) -> dict:
+    """Clips for held-out moving-shapes captions ("a red circle moving left"), read back frame by
+    frame: the object's shape and colour, and the direction its centroid moved."""
+    from data_prep.builtin.moving_shapes import moving_clip, score_clip
+    from data_prep.shards import save_grid
+    from pipeline.inference import sample_videos
+
+    scores, strips = [], []
+    for n in range(count):
+        prompt = moving_clip(HELD_OUT_SEED + 3, n)[1]
+        clip = sample_videos(run, prompt, 1, frames, steps, cfg_scale, seed=n)[0]
+        scores.append(score_clip(clip, prompt))
+        if n < 8:
+            strips.extend(clip)
+    save_grid(np.stack(strips), out_dir / "eval_videos.png", columns=frames)
+    return {"clips": count, "frames": frames, **{f"{k}_accuracy": _mean([s[k] for s in scores])
+                                                  for k in ("object", "color", "direction", "overall")}}
+
+
 def evaluate_understanding(run: LoadedRun, count: int, out_dir: Path) -> dict:
     from data_prep.shards import save_grid
 
@@ -120,7 +141,8 @@ def text_perplexity(run: LoadedRun, count: int) -> dict:
 
 
 def evaluate(run_path: str | Path, per_prompt: int = 4, extra: int = 24, images: int = 256, steps: int = 20,
-             cfg_scale: float | None = 3.0) -> dict:
+             cfg_scale: float | None = 3.0, videos: int = 0, frames: int = 8) -> dict:
+    """`videos` > 0: also `videos` clips of `frames` frames (a run trained on moving shapes)."""
     run_path = Path(run_path)
     run = load_run(run_path)
     torch.manual_seed(0)
@@ -129,6 +151,8 @@ def evaluate(run_path: str | Path, per_prompt: int = 4, extra: int = 24, images:
                "understanding": evaluate_understanding(run, images, run_path),
                "text": text_perplexity(run, images),
                "settings": {"per_prompt": per_prompt, "steps": steps, "cfg_scale": cfg_scale}}
+    if videos > 0:
+        results["video"] = evaluate_video(run, videos, frames, steps, cfg_scale, run_path)
     (run_path / "eval.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     write_report(run_path, results)
     if (run_path / "train_config.toml").is_file():  # a run directory: its MLflow / W&B runs get the report
@@ -145,8 +169,8 @@ def write_report(run_path: Path, results: dict) -> Path:
     """report.md: metrics table, sample grids, loss curves (matplotlib, when metrics exist)."""
     lines = [f"# Run report: {run_path.name}", "", f"checkpoint `{results['checkpoint']}`, mode `{results['mode']}`", "",
              "| metric | value |", "| --- | --- |"]
-    for section in ("generation", "understanding", "text"):
-        for key, value in results[section].items():
+    for section in ("generation", "understanding", "text", "video"):
+        for key, value in results.get(section, {}).items():
             if not isinstance(value, (list, dict)):
                 lines.append(f"| {section}.{key} | {value} |")
     lines += ["", "## Generations (2 per prompt; single objects first)", "", "![generations](eval_generations.png)",
@@ -154,6 +178,8 @@ def write_report(run_path: Path, results: dict) -> Path:
               "| truth | model caption | correct |", "| --- | --- | --- |"]
     lines += [f"| {e['truth']} | {e['caption']} | {'yes' if e['correct'] else 'no'} |"
               for e in results["understanding"]["examples"]]
+    if "video" in results:
+        lines += ["", "## Generated clips (one row each, held-out captions)", "", "![clips](eval_videos.png)"]
     curve = plot_losses(run_path)
     if curve is not None:
         lines += ["", "## Loss curves", "", f"![losses]({curve.name})"]

@@ -159,6 +159,22 @@ def sample_images(run: LoadedRun, prompt: str, n: int, steps: int, cfg_scale: fl
 
 
 @torch.no_grad()
+def sample_videos(run: LoadedRun, prompt: str, n: int, frames: int, steps: int, cfg_scale: float | None, seed: int,
+                  temperature: float = 1.0) -> np.ndarray:
+    """(n, T, H, W, 3) uint8 clips of `frames` frames for one prompt (the whole clip is one span,
+    3-axis positions, as the model trained on video latents (T, C, h, w))."""
+    from model.sampling import generate_images
+
+    cfg = run.model.cfg
+    side = cfg.latent_size // cfg.patch_size
+    out = generate_images(run.model, [run.text.encode(prompt)] * n, run.text.bos_id, grid=(frames, side, side),
+                          steps=steps, cfg_scale=cfg_scale, seed=seed, temperature=temperature)
+    flat = out.reshape(n * frames, *out.shape[2:])  # every frame through the image tokenizer
+    pixels = decode_tokens(run, flat)
+    return pixels.reshape(n, frames, *pixels.shape[1:])
+
+
+@torch.no_grad()
 def decode_tokens(run: LoadedRun, tokens: torch.Tensor) -> np.ndarray:
     """(n, C, h, w) normalised latents or (n, h, w) codes -> (n, H, W, 3) uint8 pixels."""
     tok = run.image_tokenizer

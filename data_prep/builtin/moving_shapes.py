@@ -132,3 +132,36 @@ def materialize(out_dir: str | Path, seed: int, count: int, image_size: int = 32
         if not meta_path.exists():
             write_text_atomic(meta_path, json.dumps(meta, sort_keys=True) + "\n", unique=True)
     return paths
+
+
+def parse_motion(caption: str) -> tuple[str, str, str] | None:
+    """"a red circle moving left" -> ("red", "circle", "left"); None for anything else."""
+    words = caption.lower().strip().rstrip(".").split()
+    if len(words) != 5 or words[0] not in ("a", "an") or words[3] != "moving":
+        return None
+    color, shape, direction = words[1], words[2], words[4]
+    if color not in COLORS or shape not in SHAPES or direction not in DIRECTIONS:
+        return None
+    return color, shape, direction
+
+
+def score_clip(frames: np.ndarray, caption: str) -> dict[str, bool]:
+    """Read a clip (T, H, W, 3) uint8 back against its caption: the largest object of its first
+    and last frames has the caption's colour and shape, and its centroid moved in the caption's
+    direction (the larger axis of the displacement, at least a tenth of the frame)."""
+    from data_prep.builtin.attributes import read_objects
+
+    truth = parse_motion(caption)
+    if truth is None:
+        raise DataError(f"{caption!r} is not a moving-shapes caption ('a red circle moving left')")
+    color, shape, direction = truth
+    first, last = (read_objects(frames[i]) for i in (0, -1))
+    if not first or not last:
+        return {"object": False, "color": False, "direction": False, "overall": False}
+    a, b = first[0], last[0]
+    dx, dy = b.cx - a.cx, b.cy - a.cy
+    moved = max(abs(dx), abs(dy)) >= frames.shape[2] / 10
+    seen = ("right" if dx > 0 else "left") if abs(dx) >= abs(dy) else ("down" if dy > 0 else "up")
+    result = {"object": a.shape == shape and b.shape == shape, "color": a.color == color and b.color == color,
+              "direction": moved and seen == direction}
+    return result | {"overall": all(result.values())}

@@ -87,10 +87,14 @@ class EvalConfig:
     images: int = 256
     steps: int = 20
     cfg_scale: float = 3.0  # 0 = off
+    videos: int = 0  # > 0: also this many moving-shapes clips (a run trained on video)
+    frames: int = 8
 
     def validate(self) -> None:
-        if min(self.per_prompt, self.images, self.steps) < 1 or self.extra_prompts < 0 or self.cfg_scale < 0:
-            raise ConfigError("eval.per_prompt, images and steps must be >= 1, extra_prompts and cfg_scale >= 0")
+        if min(self.per_prompt, self.images, self.steps, self.frames) < 1 or min(self.extra_prompts, self.videos) < 0 \
+                or self.cfg_scale < 0:
+            raise ConfigError("eval.per_prompt, images, steps and frames must be >= 1, extra_prompts, videos and "
+                              "cfg_scale >= 0")
 
 
 @dataclass

@@ -159,7 +159,7 @@ def log_evaluation(run_dir: Path, settings, results: dict) -> None:
     metrics = run_dir / "metrics.jsonl"
     lines = metrics.read_text(encoding="utf-8").splitlines() if metrics.is_file() else []
     step = int(json.loads(lines[-1])["step"]) if lines else 0
-    scores = {f"{section}.{k}": v for section in ("generation", "understanding", "text")
+    scores = {f"{section}.{k}": v for section in ("generation", "understanding", "text", "video")
               for k, v in results.get(section, {}).items()}
     trackers = Trackers(run_dir, settings, {})
     trackers.metrics(step, scores, prefix="eval/")
