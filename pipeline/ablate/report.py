@@ -53,11 +53,21 @@ def run_summary(run_dir: str | Path) -> dict | None:
     # each record closes one logging interval: the first one's length is estimated from the rest
     wall = (times[-1] - times[0]) * len(times) / (len(times) - 1) if len(times) > 1 else None
     gen, und = ev["generation"], ev["understanding"]
-    return {"overall": gen["overall_accuracy"], "single": gen["single_object_accuracy"],
+    return {"replicas": _replicas(run_dir), "overall": gen["overall_accuracy"], "single": gen["single_object_accuracy"],
             "count": gen.get("count_accuracy"), "position": gen.get("position_accuracy"),
             "caption": und["caption_accuracy"], "perplexity": ev["text"]["perplexity"],
             "seconds_per_image": gen.get("seconds_per_image"), "passes": gen.get("transformer_passes_per_image"),
             "head_passes": gen.get("head_passes_per_image"), "flops": flops or None, "wall": wall, "curve": curve}
+
+
+def _replicas(run_dir: Path) -> int:
+    """Data-parallel replicas of a run (its newest checkpoint's layout): each draws its own
+    batches, so the run's logged FLOPs are that many times one loader's, the plan's budget."""
+    metas = sorted((run_dir / "checkpoints").glob("step-*/meta.json"))
+    if not metas:
+        return 1
+    layout = json.loads(metas[-1].read_text(encoding="utf-8")).get("parallel", {})
+    return int(layout.get("dp_replicate", 1)) * int(layout.get("dp_shard", 1))
 
 
 def aggregate(values: list) -> tuple[float | None, float | None]:
@@ -91,6 +101,7 @@ def collect(path: str, preset: str | None = None) -> dict:
         stats = {key: aggregate([s[key] for s in summaries]) for key, _, _ in METRICS}
         arms[arm["name"]] = {"role": role(model), "tokenizer": arm["tokenizer"], "steps": runs[0]["steps"],
                              "seeds": len(summaries), "planned": len(runs), "stats": stats,
+                             "replicas": summaries[0]["replicas"] if summaries else 1,
                              "curves": [s["curve"] for s in summaries]}
     tokenizers = {}
     for tok in plan["tokenizers"]:
@@ -107,7 +118,8 @@ def report(path: str, preset: str | None = None) -> Path:
     root = spec.root
     lines = [f"# Ablation {plan['name']}" + (f" (preset {plan['preset']})" if plan.get("preset") else ""), "",
              f"Target {plan['target']}; {plan['seeds']} seeds per arm; every arm trains for the FLOPs of "
-             f"`{plan['reference_arm']}` at its steps ({plan['budget_flops']:.3g} FLOPs, pipeline/train/metrics.py "
+             f"`{plan['reference_arm']}` at its steps ({plan['budget_flops']:.3g} FLOPs per data-parallel replica; the "
+             f"train FLOPs column adds up every replica's; pipeline/train/metrics.py "
              "FlopCounter, MAR's head passes included). Cells are mean ± spread (sample std) over the seeds.", "",
              "## Tokenizers", "", *tokenizer_table(tokenizers), "", "## Arms", "", *arm_table(arms, plan["budget_flops"]),
              "", "## Claims", ""]
@@ -150,7 +162,7 @@ def arm_table(arms: dict, budget: float) -> list[str]:
     rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name, a in arms.items():
         flops = a["stats"]["flops"][0]
-        ratio = f"{flops / budget:.3f}" if flops else "-"
+        ratio = f"{flops / (budget * a['replicas']):.3f}" if flops else "-"  # the budget is one replica's
         cells = [name, ROLES[a["role"]], a["tokenizer"], str(a["steps"]), f"{a['seeds']}/{a['planned']}", ratio,
                  *[fmt(a["stats"][key], digits) for key, _, digits in METRICS]]
         rows.append("| " + " | ".join(cells) + " |")

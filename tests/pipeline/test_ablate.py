@@ -144,3 +144,20 @@ def test_the_tiny_grid_runs_end_to_end_and_resumes(tmp_path):
     assert refused.returncode == 1 and "--resume" in refused.stderr
     dry = run("--dry-run")
     assert dry.returncode == 0 and dry.stdout.count("(done)") == 6, dry.stdout
+
+
+def test_a_run_of_replicas_is_measured_against_one_replica_s_budget(tmp_path):
+    """Each data-parallel replica draws its own batches: a 2-replica run logs twice the FLOPs of
+    the one loader the plan counted, and the report divides by 2."""
+    from pipeline.ablate.report import run_summary
+
+    run = tmp_path / "arm"
+    (run / "checkpoints" / "step-000004").mkdir(parents=True)
+    (run / "checkpoints" / "step-000004" / "meta.json").write_text(json.dumps(
+        {"step": 4, "parallel": {"dp_replicate": 2, "dp_shard": 1, "tp": 1, "pp": 1}}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0, "flops": 5.0, "time": s}) + "\n"
+                                               for s in (2, 4)))
+    (run / "eval.json").write_text(json.dumps({"generation": {"overall_accuracy": 0.5, "single_object_accuracy": 0.5},
+                                               "understanding": {"caption_accuracy": 0.5}, "text": {"perplexity": 3.0}}))
+    summary = run_summary(run)
+    assert summary["replicas"] == 2 and summary["flops"] == 10.0
