@@ -22,6 +22,7 @@ the loss curves.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -29,10 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.errors import ConfigError
 from data_prep.builtin.attributes import parse_caption, score_image
 from data_prep.builtin.shapes import COLORS, SHAPES, noun_phrase, shapes_sample
 from pipeline.inference import LoadedRun, caption_images, load_run, sample_images
 
+log = logging.getLogger(__name__)
 HELD_OUT_SEED = 90_001  # never a prep default (shapes uses seed 0 unless told otherwise)
 
 
@@ -160,8 +163,12 @@ def evaluate(run_path: str | Path, per_prompt: int = 4, extra: int = 24, images:
         from pipeline.train.config import TrainConfig
         from pipeline.train.trackers import log_evaluation
 
-        saved = load_config(TrainConfig, run_path / "train_config.toml", ['model.init_from=""'])
-        log_evaluation(run_path, saved.train, results)
+        try:
+            saved = load_config(TrainConfig, run_path / "train_config.toml", ['model.init_from=""'])
+        except ConfigError as exc:  # e.g. its trackers' packages are missing here: the scores are written anyway
+            log.warning("eval.json written; not sent to the run's trackers (%s)", exc)
+        else:
+            log_evaluation(run_path, saved.train, results)
     return results
 
 
