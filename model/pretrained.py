@@ -36,7 +36,6 @@ from core.errors import ConfigError, DataError
 
 # model_type -> whether its attention has per-head RMSNorm on queries and keys
 FAMILIES = {"llama": False, "mistral": False, "qwen3": True}
-TEXT_MODALITY = 0  # model.batch.TEXT (imported lazily there; this module stays import-light)
 
 
 class PretrainedLLM:
@@ -148,7 +147,7 @@ class PretrainedLLM:
         """The value of nodd parameter `name` (one of `names(cfg)`); for the embedding and LM head
         only the LLM's rows, the first rows of nodd's (overlay())."""
         if name == "modality_embeddings.weight":
-            return torch.zeros(1, cfg.width)  # row TEXT_MODALITY: text inputs are the LLM's own
+            return torch.zeros(1, cfg.width)  # row 0, model.batch.TEXT: text inputs are the LLM's own
         if name == "tok_embeddings.weight":
             return self._read("model.embed_tokens.weight")
         if name == "lm_head.weight":

@@ -170,8 +170,10 @@ def _train(args) -> int:
     cfg = load_config(TrainConfig, args.config, args.overrides)  # fail here, before starting processes
     if args.nproc > 1 and not already_distributed():
         from pipeline.engines.base import check_layout
+        from pipeline.train.trackers import check_packages
 
         check_layout(cfg, args.nproc)  # a bad layout fails in one line, before torchrun starts
+        check_packages(cfg.train.trackers)  # so does a tracker package this machine lacks
         return launch_local(args.nproc, args.argv)
     die_with_torchrun_agent()  # a worker must not outlive its torchrun agent
     import torch.distributed as dist

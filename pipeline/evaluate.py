@@ -22,7 +22,6 @@ the loss curves.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
 from pathlib import Path
@@ -30,12 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.errors import ConfigError
 from data_prep.builtin.attributes import parse_caption, score_image
 from data_prep.builtin.shapes import COLORS, SHAPES, noun_phrase, shapes_sample
 from pipeline.inference import LoadedRun, caption_images, load_run, sample_images
 
-log = logging.getLogger(__name__)
 HELD_OUT_SEED = 90_001  # never a prep default (shapes uses seed 0 unless told otherwise)
 
 
@@ -159,16 +156,13 @@ def evaluate(run_path: str | Path, per_prompt: int = 4, extra: int = 24, images:
     (run_path / "eval.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     write_report(run_path, results)
     if (run_path / "train_config.toml").is_file():  # a run directory: its MLflow / W&B runs get the report
-        from core.config import load_config
-        from pipeline.train.config import TrainConfig
+        from core.config import from_dict, read_toml
+        from pipeline.train.config import LoopConfig
         from pipeline.train.trackers import log_evaluation
 
-        try:
-            saved = load_config(TrainConfig, run_path / "train_config.toml", ['model.init_from=""'])
-        except ConfigError as exc:  # e.g. its trackers' packages are missing here: the scores are written anyway
-            log.warning("eval.json written; not sent to the run's trackers (%s)", exc)
-        else:
-            log_evaluation(run_path, saved.train, results)
+        # the train section alone: the whole config would validate the model again (model.init_from's folder)
+        settings = from_dict(LoopConfig, read_toml(run_path / "train_config.toml").get("train", {}), "train")
+        log_evaluation(run_path, settings, results)
     return results
 
 

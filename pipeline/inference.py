@@ -108,9 +108,7 @@ def _load_native_payload(checkpoint: Path) -> LoadedRun:
         raise DataError(f"{checkpoint} has no export/ folder and was written by the {engine} engine; "
                         "export it with that engine installed: nodd export RUN")
     # the run's config holds the LLM's shapes already; its weights come from the checkpoint, not the LLM
-    # (and its trackers are not needed to sample: this machine may lack mlflow or wandb)
-    cfg = load_config(TrainConfig, checkpoint.parents[1] / "train_config.toml",
-                      ['model.init_from=""', 'train.trackers=["jsonl"]'])
+    cfg = load_config(TrainConfig, checkpoint.parents[1] / "train_config.toml", ['model.init_from=""'])
     if meta.get("format_version", 1) <= LAST_FUSED_FFN_FORMAT:  # may hold ffn.w13: read whole, then split
         model = model_from_weights(cfg.model, legacy_ffn(_whole_payload(checkpoint)))
     else:

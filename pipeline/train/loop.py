@@ -37,6 +37,7 @@ from pipeline.train.metrics import (
     measure_peak_flops,
     peak_memory_gib,
 )
+from pipeline.train.trackers import check_packages
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if info.device.type == "cpu":
         tune_cpu_runtime()
     layout = check_layout(cfg, info.world)  # a bad layout fails here, before anything is written
+    check_packages(cfg.train.trackers)  # on every rank: rank 0 failing alone would leave the others waiting
     run_dir = Path(cfg.run_dir)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -29,12 +29,18 @@ IDS = "trackers.json"
 
 
 def check_trackers(names: list[str]) -> None:
-    """Unknown names and missing packages fail when the config loads, naming the fix."""
+    """Unknown names fail when the config loads (whatever machine loads it)."""
     for name in names:
         if name not in TRACKERS:
             raise ConfigError(f"train.trackers: unknown tracker {name!r}; choose from {', '.join(TRACKERS)}")
     if "jsonl" not in names:
         raise ConfigError("train.trackers must keep 'jsonl': metrics.jsonl is what reports, ablations and plots read")
+
+
+def check_packages(names: list[str]) -> None:
+    """A tracker whose package this machine lacks, named with the extra to install. Called where
+    trackers are used (every rank before training starts, `nodd eval` on a run), not when a
+    config loads: sampling a run elsewhere needs no tracker."""
     for name in names:
         module, extra = PACKAGES.get(name, (None, None))
         if module and importlib.util.find_spec(module) is None:
@@ -127,6 +133,7 @@ class Trackers:
 
     def __init__(self, run_dir: Path, settings, config: dict):
         """`settings`: the train section (LoopConfig); `config`: the resolved config to log."""
+        check_packages(settings.trackers)
         run_dir = Path(run_dir)
         self.path = run_dir / IDS
         ids = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}

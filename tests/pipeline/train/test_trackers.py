@@ -60,10 +60,22 @@ def test_bad_tracker_lists_fail_when_the_config_loads(tmp_path, shards, trackers
         config(tmp_path / "run", shards["kl"], train__trackers=trackers)
 
 
-def test_a_missing_package_names_the_extra(tmp_path, shards, monkeypatch):
+def test_a_missing_package_names_the_extra_before_training_and_sampling_does_not_need_it(tmp_path, shards,
+                                                                                        monkeypatch):
     import importlib.util
 
+    from pipeline.inference import load_run, sample_images
+
     real = importlib.util.find_spec
+    wandb = '["jsonl", "wandb"]'
+    cfg = config(tmp_path / "run", shards["kl"], train__trackers=wandb)  # loads anywhere: a config, not a run
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ConfigError, match=r"pip install 'nodd\[tracking\]'"):
-        config(tmp_path / "run", shards["kl"], train__trackers='["jsonl", "wandb"]')
+        train(cfg)
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train(config(tmp_path / "run", shards["kl"], train__trackers=wandb, train__steps=2,
+                 train__export_weights="false"))  # sampled through the run's own config, below
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    assert sample_images(load_run(tmp_path / "run"), "a red circle", 1, steps=2, cfg_scale=None, seed=0).shape[0] == 1
