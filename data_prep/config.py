@@ -126,6 +126,20 @@ class RayConfig:
 
 
 @dataclass
+class SplitConfig:
+    """A held-out validation split, chosen per sample by a hash of its key: the same samples are
+    held out in every rerun and resume, whatever the shard size or worker count."""
+
+    # Fraction of samples marked `split = "val"` in the shards (0 = every sample trains). The
+    # trainer reads only "train" rows; `train.eval_every` computes validation losses on "val" rows.
+    val_fraction: float = 0.0
+
+    def validate(self) -> None:
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"split.val_fraction={self.val_fraction} must be >= 0 and < 1 (e.g. 0.02)")
+
+
+@dataclass
 class PrepConfig:
     """`nodd prep`: read a source, decode, encode with a tokenizer, write verified shards."""
 
@@ -134,6 +148,7 @@ class PrepConfig:
     video: VideoConfig = field(default_factory=VideoConfig)
     tokenizer: TokenizerRef = field(default_factory=TokenizerRef)
     ray: RayConfig = field(default_factory=RayConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
     out_dir: str = "runs/prep/shapes"
     # Samples per shard: also the unit of work and of resume.
     shard_size: int = 1000

@@ -33,12 +33,16 @@ def finalize(cfg: PrepConfig, out_dir: Path, num_items: int, num_units: int, fin
             f"({top}). Details in {out_dir / 'errors.jsonl'}; fix the input or raise max_error_rate"
         )
     shards, stats, total = [], LatentStats(), 0
+    splits = dict.fromkeys(schema.SPLITS, 0)
     for unit in range(num_units):
         path = out_dir / schema.shard_name(unit)
         meta = schema.read_shard_meta(path)
         stats.merge(LatentStats.from_dict(meta.get("latent_stats", {})))
+        shard_splits = meta.get("splits") or {"train": meta["rows"]}  # a version-1 shard kept by a rerun
         shards.append({"file": path.name, "rows": meta["rows"], "sha256": schema.sha256_file(path),
-                       "modalities": meta["modalities"]})
+                       "modalities": meta["modalities"], "splits": shard_splits})
+        for name, rows in shard_splits.items():
+            splits[name] = splits.get(name, 0) + rows
         total += meta["rows"]
     manifest = schema.Manifest(
         schema_version=schema.SCHEMA_VERSION,
@@ -49,6 +53,7 @@ def finalize(cfg: PrepConfig, out_dir: Path, num_items: int, num_units: int, fin
         latent_stats=stats.summary(),
         errors={"count": len(errors), "rate": rate, "by_reason": dict(reasons.most_common())},
         prep_config=asdict(cfg),
+        splits=splits,
     )
     if cfg.export_webdataset:
         from data_prep.export import export_webdataset

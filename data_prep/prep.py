@@ -76,8 +76,9 @@ def run_prep(cfg: PrepConfig) -> dict:
         runner = _run_ray if cfg.use_ray else _run_local
         runner(cfg, plan, pending, source, text_tokenizer, out_dir)
     manifest = finalize(cfg, out_dir, plan.num_items, len(plan.units), plan.fingerprints)
-    log.info("prep finished in %.1f s: %d samples, %d errors, manifest %s", time.perf_counter() - started,
-             manifest["num_samples"], manifest["errors"]["count"], out_dir / schema.MANIFEST)
+    log.info("prep finished in %.1f s: %d samples (%d held out for validation), %d errors, manifest %s",
+             time.perf_counter() - started, manifest["num_samples"], manifest["splits"].get("val", 0),
+             manifest["errors"]["count"], out_dir / schema.MANIFEST)
     return manifest
 
 
@@ -101,6 +102,8 @@ def make_plan(cfg: PrepConfig, source, text_tokenizer) -> Plan:
                         + (f" (first problem: {failures[0].reason})" if failures else ""))
     units = [items[i:i + cfg.shard_size] for i in range(0, len(items), cfg.shard_size)]
     fingerprints = {"text_tokenizer_fingerprint": text_tokenizer.fingerprint, "tokenizer_fingerprint": ""}
+    if cfg.split.val_fraction > 0:  # travels with the fingerprints into every shard's metadata
+        fingerprints["val_fraction"] = cfg.split.val_fraction  # (and into the resume check)
     if cfg.tokenizer.path:
         from model.tokenizers import image_tokenizer_fingerprint, load_image_tokenizer
 

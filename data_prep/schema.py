@@ -14,6 +14,8 @@ Row columns
   codes_shape    list<int32>: (h, w) for images, (T, h, w) for videos
   codes_dtype    numpy dtype name of codes ("int16", "int32")
   meta           JSON object: source path, original size, ground-truth attributes, ...
+  split          "train" | "val" (version 2; `split.val_fraction`, by a hash of the key).
+                 Version 1 shards have no such column: every row is "train".
 
 Raw bytes plus explicit shape and dtype keep the shards readable by plain pyarrow, HF datasets or
 any Parquet reader, without Ray's tensor extension types.
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,9 @@ import pyarrow.parquet as pq
 from core.errors import DataError
 from core.files import atomic_path, write_text_atomic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: no `split` column (every row trains)
+SPLITS = ("train", "val")
 MANIFEST = "manifest.json"
 SHARD_GLOB = "shard-*.parquet"
 METADATA_KEY = b"nodd"
@@ -56,6 +60,7 @@ ARROW_SCHEMA = pa.schema(
         pa.field("codes_shape", pa.list_(pa.int32())),
         pa.field("codes_dtype", pa.string()),
         pa.field("meta", pa.string()),
+        pa.field("split", pa.string()),
     ]
 )
 COLUMNS = tuple(ARROW_SCHEMA.names)
@@ -63,6 +68,21 @@ COLUMNS = tuple(ARROW_SCHEMA.names)
 
 def shard_name(unit: int) -> str:
     return f"shard-{unit:06d}.parquet"
+
+
+def split_of(key: str, val_fraction: float) -> str:
+    """"val" for a stable `val_fraction` of keys (the first 8 bytes of sha256(key) as a number
+    in [0, 1)), else "train": the same key lands in the same split in every run."""
+    if val_fraction <= 0:
+        return "train"
+    position = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2 ** 64
+    return "val" if position < val_fraction else "train"
+
+
+def shard_split_rows(shard: dict[str, Any], split: str) -> int:
+    """Rows of `split` in one manifest shard entry (version 1 entries: every row is "train")."""
+    splits = shard.get("splits") or {"train": shard["rows"]}
+    return int(splits.get(split, 0))
 
 
 def array_to_bytes(array: np.ndarray) -> tuple[bytes, list[int], str]:
@@ -91,7 +111,7 @@ def decode_codes(row: dict[str, Any]) -> np.ndarray:
 
 def empty_row(key: str, modality: str) -> dict[str, Any]:
     row: dict[str, Any] = {name: None for name in COLUMNS}
-    row.update(key=key, modality=modality, caption="", text_ids=[], meta="{}")
+    row.update(key=key, modality=modality, caption="", text_ids=[], meta="{}", split="train")
     return row
 
 
@@ -131,12 +151,13 @@ class Manifest:
 
     schema_version: int
     num_samples: int
-    shards: list[dict[str, Any]]  # {"file", "rows", "sha256", "modalities"}
+    shards: list[dict[str, Any]]  # {"file", "rows", "sha256", "modalities", "splits"}
     tokenizer: dict[str, Any]  # {"kind", "fingerprint", "path", "latent_shape", ...} or {} for text-only
     text_tokenizer: dict[str, Any]  # {"name", "fingerprint", "vocab_size", "spec"}
     latent_stats: dict[str, Any]  # {"mean": [C], "std": [C], "count": n} over KL means
     errors: dict[str, Any]  # {"count", "by_reason"}
     prep_config: dict[str, Any]
+    splits: dict[str, int] = field(default_factory=dict)  # rows per split (version 2; {} in version 1)
 
     def write(self, out_dir: Path) -> Path:
         path = Path(out_dir) / MANIFEST
@@ -153,10 +174,10 @@ class Manifest:
             manifest = cls(**data)
         except (json.JSONDecodeError, TypeError) as exc:
             raise DataError(f"{path} is corrupt ({exc}); rerun `nodd prep` with the same config to rewrite it") from None
-        if manifest.schema_version != SCHEMA_VERSION:
+        if manifest.schema_version not in READABLE_VERSIONS:
             raise DataError(
-                f"{path} has shard schema version {manifest.schema_version}, this nodd reads version "
-                f"{SCHEMA_VERSION}; re-run prep with this version"
+                f"{path} has shard schema version {manifest.schema_version}, this nodd reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}; re-run prep with this version"
             )
         return manifest
 

@@ -37,7 +37,8 @@ def verify_shards(out_dir: str | Path, tokenizer_path: str | None = None) -> lis
             continue
         try:
             meta = schema.read_shard_meta(path)
-            table = pq.read_table(path, columns=["key"])
+            has_split = "split" in pq.read_schema(path).names
+            table = pq.read_table(path, columns=["key", "split"] if has_split else ["key"])
         except (DataError, OSError) as exc:
             problems.append(f"{shard['file']}: {exc}")
             continue
@@ -50,6 +51,12 @@ def verify_shards(out_dir: str | Path, tokenizer_path: str | None = None) -> lis
                             f"manifest names {manifest.tokenizer.get('fingerprint')!r}")
         if meta.get("text_tokenizer_fingerprint") != manifest.text_tokenizer.get("fingerprint"):
             problems.append(f"{shard['file']}: text tokenizer fingerprint differs from the manifest")
+        if has_split:
+            found = table.column("split").to_pylist()
+            for name in schema.SPLITS:
+                if found.count(name) != schema.shard_split_rows(shard, name):
+                    problems.append(f"{shard['file']}: {found.count(name)} {name!r} rows, manifest says "
+                                    f"{schema.shard_split_rows(shard, name)}")
         for key in table.column("key").to_pylist():
             if key in keys:
                 problems.append(f"{shard['file']}: duplicate key {key!r}")
@@ -78,6 +85,7 @@ def summarize(out_dir: str | Path) -> dict:
             modalities[name] = modalities.get(name, 0) + count
     return {
         "samples": manifest.num_samples, "shards": len(manifest.shards), "modalities": modalities,
+        "splits": manifest.splits or {"train": manifest.num_samples},
         "tokenizer": {k: manifest.tokenizer.get(k) for k in ("kind", "latent_shape", "vocab_size", "info_budget")},
         "text_tokenizer": manifest.text_tokenizer.get("name"), "errors": manifest.errors,
         "latent_stats": {k: manifest.latent_stats.get(k) for k in ("mean", "std", "scale")} if manifest.latent_stats else {},

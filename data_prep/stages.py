@@ -153,8 +153,12 @@ def write_unit(payload: UnitPayload, out_dir: Path, fingerprints: dict[str, str]
     exactly when its shard file exists, so a rerun neither loses nor doubles anything."""
     rows, stats = [], LatentStats()
     modalities: dict[str, int] = {}
+    splits = dict.fromkeys(schema.SPLITS, 0)
+    val_fraction = float(fingerprints.get("val_fraction", 0.0))
     for i, sample in enumerate(payload.samples):
         row = schema.empty_row(sample.key, sample.modality)
+        row["split"] = schema.split_of(sample.key, val_fraction)
+        splits[row["split"]] += 1
         row["caption"] = sample.caption
         row["text_ids"] = payload.text_ids[i]
         row["meta"] = json.dumps(sample.meta, default=_json_default)
@@ -167,7 +171,7 @@ def write_unit(payload: UnitPayload, out_dir: Path, fingerprints: dict[str, str]
         rows.append(row)
         modalities[sample.modality] = modalities.get(sample.modality, 0) + 1
     write_errors(out_dir / "errors" / f"unit-{payload.unit:06d}.jsonl", payload.failures)
-    shard_meta = {"unit": payload.unit, "rows": len(rows), "modalities": modalities,
+    shard_meta = {"unit": payload.unit, "rows": len(rows), "modalities": modalities, "splits": splits,
                   "latent_stats": stats.to_dict(), **fingerprints}
     path = out_dir / schema.shard_name(payload.unit)
     schema.write_shard(schema.rows_to_table(rows, shard_meta), path)

@@ -184,27 +184,44 @@ def write_report(run_path: Path, results: dict) -> Path:
     curve = plot_losses(run_path)
     if curve is not None:
         lines += ["", "## Loss curves", "", f"![losses]({curve.name})"]
+    validation = read_jsonl(run_path / "validation.jsonl")
+    if validation:  # train.eval_every: the held-out losses (prep's split.val_fraction)
+        last = validation[-1]
+        lines += ["", f"Validation at step {last['step']} (held-out rows, dashed above): "
+                  + ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "text", "understanding", "image"))]
     path = run_path / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a metrics file ([] when it does not exist)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def plot_losses(run_path: Path) -> Path | None:
-    metrics = run_path / "metrics.jsonl"
-    if not metrics.is_file():
+    """losses.png: the training losses, and the validation losses (validation.jsonl, written under
+    train.eval_every) dashed in the same colours."""
+    records = read_jsonl(run_path / "metrics.jsonl")
+    if not records:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+    validation = read_jsonl(run_path / "validation.jsonl")
     fig, ax = plt.subplots(figsize=(7, 4))
     for key in ("loss", "text", "understanding", "image"):
-        ax.plot([r["step"] for r in records], [r[key] for r in records], label=key)
+        line, = ax.plot([r["step"] for r in records], [r[key] for r in records], label=key)
+        if validation:
+            ax.plot([r["step"] for r in validation], [r[key] for r in validation], "--o", markersize=3,
+                    color=line.get_color(), label=f"validation {key}")
     ax.set_xlabel("step")
     ax.set_yscale("log")
-    ax.legend()
+    ax.legend(fontsize=7, ncol=2 if validation else 1)
     ax.grid(alpha=0.3)
     path = run_path / "losses.png"
     fig.savefig(path, dpi=100, bbox_inches="tight")

@@ -26,11 +26,12 @@ from pipeline.data.samples import LatentNorm, SampleBuilder, check_tokenizers, s
 
 
 class PackedLoader:
-    def __init__(self, cfg: DataConfig, model: ModelConfig, rank: int = 0, world: int = 1):
+    def __init__(self, cfg: DataConfig, model: ModelConfig, rank: int = 0, world: int = 1, split: str = "train"):
+        """`split`: the shard rows to read ("val": prep's held-out rows, for validation)."""
         from model.tokenizers import load_text_tokenizer
 
         self.cfg, self.model = cfg, model
-        self.reader = ShardReader(cfg.shard_dirs, rank, world, cfg.seed, cfg.shuffle_buffer)
+        self.reader = ShardReader(cfg.shard_dirs, rank, world, cfg.seed, cfg.shuffle_buffer, split)
         text = load_text_tokenizer(cfg.text_tokenizer)
         check_tokenizers(cfg, self.reader.manifests, model, text)
         self.norm = LatentNorm.from_manifests(self.reader.manifests) if cfg.normalise_latents else None

@@ -5,6 +5,9 @@ order (or, with fewer shards than ranks, every world-th row of every shard), the
 buffer mixes rows across shards. The reader never ends: it moves on to the next epoch, so ranks
 with a shard more or less than others keep stepping in lockstep.
 
+`split` picks the rows prep marked "train" (the default) or "val" (`split.val_fraction`); shards
+of schema version 1 have no split column and count as "train" throughout.
+
 `state_dict()` captures everything (epoch, position, buffer contents, RNG) so a resumed run reads
 exactly the rows an uninterrupted one would have.
 """
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from core.errors import DataError
@@ -25,7 +29,8 @@ COLUMNS = ["key", "modality", "caption", "text_ids", "latent", "latent_logvar", 
 
 
 class ShardReader:
-    def __init__(self, shard_dirs: list[str], rank: int = 0, world: int = 1, seed: int = 0, shuffle_buffer: int = 0):
+    def __init__(self, shard_dirs: list[str], rank: int = 0, world: int = 1, seed: int = 0, shuffle_buffer: int = 0,
+                 split: str = "train"):
         self.shards: list[tuple[Path, dict[str, Any]]] = []
         self.manifests: list[schema.Manifest] = []
         for folder in shard_dirs:
@@ -36,9 +41,14 @@ class ShardReader:
                 if not path.is_file():
                     raise DataError(f"shard {path} listed in {Path(folder) / schema.MANIFEST} is missing; "
                                     "restore it or rerun `nodd prep` with the same config (it redoes missing units)")
-                self.shards.append((path, shard))
+                if schema.shard_split_rows(shard, split):
+                    self.shards.append((path, shard))
+        if not self.shards and split == "val":
+            raise DataError(f"the shards in {', '.join(shard_dirs)} hold no validation rows: rerun `nodd prep` into a "
+                            "new out_dir with split.val_fraction=0.02 (or so), or set train.eval_every=0")
         if not self.shards:
-            raise DataError(f"no shards in {', '.join(shard_dirs)}")
+            raise DataError(f"no {split!r} rows in the shards of {', '.join(shard_dirs)}")
+        self.split = split
         self.rank, self.world, self.seed, self.buffer_size = rank, world, seed, shuffle_buffer
         self.epoch, self.cursor, self.row = 0, 0, 0  # position: epoch, index into this epoch's shards, row in shard
         self.buffer: list[dict[str, Any]] = []
@@ -54,7 +64,8 @@ class ShardReader:
         if self._plan is None or self._plan[0] != epoch:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards)).tolist()
             shards = order[self.rank::self.world] if len(self.shards) >= self.world else order
-            offsets = np.cumsum([0] + [self.shards[i][1]["rows"] for i in shards[:-1]]).tolist()
+            offsets = np.cumsum([0] + [schema.shard_split_rows(self.shards[i][1], self.split)
+                                       for i in shards[:-1]]).tolist()
             self._plan = (epoch, shards, offsets)
         return self._plan[1], self._plan[2]
 
@@ -67,7 +78,11 @@ class ShardReader:
                     raise DataError(f"{path} does not match the sha256 in its manifest (corrupt or replaced); "
                                     f"run `nodd shards verify {path.parent}` and rerun prep for the bad units")
                 self._verified.add(index)
-            rows = pq.read_table(path, columns=COLUMNS).to_pylist()
+            if "split" in pq.read_schema(path).names:
+                table = pq.read_table(path, columns=COLUMNS + ["split"])
+                rows = table.filter(pc.equal(table["split"], self.split)).drop_columns(["split"]).to_pylist()
+            else:  # schema version 1: every row trains
+                rows = pq.read_table(path, columns=COLUMNS).to_pylist()
             if len(self.shards) < self.world:  # fewer shards than ranks: stripe the epoch's rows
                 rows = rows[(self.rank - offset) % self.world::self.world]
             self._loaded = ((index, offset), rows)

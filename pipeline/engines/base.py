@@ -4,6 +4,7 @@
     pcfg = engine_class.check(cfg.parallel, cfg.model, world, cfg.optim.grad_accum)   # before any process
     engine = engine_class(cfg, dist_info)                   # builds the parallel model and optimizer
     result = engine.train_step(micro_batches, seeds, lr)    # StepResult: losses over dp ranks, grad norm
+    losses = engine.eval_step(micro_batches, seeds)         # forward only: validation (train.eval_every)
     engine.save(folder); engine.load(folder)                # model + optimizer payload of a checkpoint
     weights = engine.export_state_dict()                    # MultimodalModel names, for sampling/eval
 
@@ -90,6 +91,12 @@ class Engine(ABC):
         """One optimizer step over this rank's micro-batches: forward and backward, gradient
         sync, clipping, the optimizer step at learning rate `lr`, and zeroing the gradients.
         `seeds[i]` seeds micro-batch i's noise and time draws."""
+
+    @abstractmethod
+    def eval_step(self, micro_batches: list[PackedBatch], seeds: list[int]) -> dict[str, float]:
+        """The loss breakdown (LOSS_PARTS) of these micro-batches, forward only: no gradients, no
+        optimizer, the weights unchanged. Averaged like train_step's: over the micro-batches
+        (`optim.grad_accum` of them, as a pipeline schedule expects) and data-parallel ranks."""
 
     @abstractmethod
     def save(self, folder: Path) -> None:

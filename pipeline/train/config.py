@@ -53,6 +53,10 @@ class LoopConfig:
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: bf16 compute, fp32 master weights (native/precision.py)
     log_every: int = 10
     checkpoint_every: int = 100  # also saved at the last step and on SIGTERM/SIGUSR1
+    # > 0: every this many steps (and at the last) the validation losses on `eval_batches` packed
+    # batches of the shards' held-out rows (prep's split.val_fraction; pipeline/train/validation.py)
+    eval_every: int = 0
+    eval_batches: int = 8
     keep_checkpoints: int = 2
     export_weights: bool = True  # also write step-N/export/ (safetensors; what sample and eval read)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -73,6 +77,9 @@ class LoopConfig:
     def validate(self) -> None:
         if self.steps < 1 or self.log_every < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ConfigError("train.steps, log_every, checkpoint_every and keep_checkpoints must be >= 1")
+        if self.eval_every < 0 or self.eval_batches < 1:
+            raise ConfigError(f"train.eval_every={self.eval_every} must be >= 0 (0 = no validation) and "
+                              f"train.eval_batches={self.eval_batches} >= 1")
         check_trackers(self.trackers)
 
 

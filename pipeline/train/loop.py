@@ -5,7 +5,8 @@
 Per step: the learning rate of the schedule, `optim.grad_accum` packed micro-batches of this
 data-parallel rank and their noise seeds -> `engine.train_step` (forward, backward, gradient
 sync, clipping, optimizer: pipeline/engines/) -> metrics (train/metrics.py: metrics.jsonl,
-TensorBoard, progress bar) -> a checkpoint now and then (train/checkpoint.py). Noise and time
+TensorBoard, progress bar) -> validation losses every `train.eval_every` steps (train/validation.py:
+validation.jsonl) -> a checkpoint now and then (train/checkpoint.py). Noise and time
 draws are seeded by (seed, step, micro-batch, dp rank), so a resumed run repeats an
 uninterrupted one exactly. SIGTERM / SIGUSR1 (cluster pre-emption) finish the step, save a
 checkpoint and exit 0.
@@ -38,6 +39,7 @@ from pipeline.train.metrics import (
     peak_memory_gib,
 )
 from pipeline.train.trackers import check_packages
+from pipeline.train.validation import Validation
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         save_resolved(cfg, run_dir / "train_config.toml")
     engine = get_engine(cfg.train.engine)(cfg, info)
     loader = PackedLoader(cfg.data, cfg.model, rank=engine.dp_rank, world=engine.dp_size)
+    validation = Validation(cfg, engine) if cfg.train.eval_every > 0 else None  # fails early without held-out rows
     ckpt = Checkpointer(run_dir, cfg.train.keep_checkpoints, info.rank, info.world)
     export_meta = run_meta(cfg) if info.is_main and cfg.train.export_weights else None
     step = 0
@@ -134,7 +137,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     data = Prefetcher(loader, cfg.optim.grad_accum, prefetch_depth(cfg.data.prefetch, info.device))
     try:
         last = _steps(cfg, info, engine, data, ckpt, sink, stop, step, peak,
-                      {"world": info.world, "parallel": layout.__dict__, "freeze": cfg.train.freeze}, export_meta)
+                      {"world": info.world, "parallel": layout.__dict__, "freeze": cfg.train.freeze}, export_meta,
+                      validation)
     finally:
         data.close()
         sink.close()
@@ -142,7 +146,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
 
 def _steps(cfg, info, engine, data: Prefetcher, ckpt: Checkpointer, sink: MetricsSink, stop: _StopFlag,
-           step: int, peak: float, meta: dict, export_meta) -> dict:
+           step: int, peak: float, meta: dict, export_meta, validation: Validation | None) -> dict:
     """The training loop from `step` to train.steps (or a stop signal); returns the last losses."""
     last = {}
     count_flops = FlopCounter(cfg.model)
@@ -167,6 +171,10 @@ def _steps(cfg, info, engine, data: Prefetcher, ckpt: Checkpointer, sink: Metric
                               **memory_record(info.device, engine),
                               "packing": round(data.efficiency, 4), "time": time.time()})
             started, tokens_since, flops_since = time.perf_counter(), 0, 0.0
+        if validation is not None and (step % cfg.train.eval_every == 0 or step == cfg.train.steps):
+            began = time.perf_counter()
+            sink.write_validation(step, validation.run(engine), time.perf_counter() - began)
+            started += time.perf_counter() - began  # tokens/s counts training time only
         stopping = stop.agreed()
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or stopping:
             ckpt.save(step, engine, {"loader": data.state_dict()},

@@ -148,10 +148,11 @@ class MetricsSink:
         """`settings`: the train section (its `trackers`: TensorBoard, MLflow, W&B; default
         jsonl and TensorBoard); `config`: the resolved run config the trackers record."""
         self.enabled, self.total = enabled, total_steps
-        self.jsonl = self.tensorboard = self.bar = self.trackers = None
+        self.jsonl = self.validation = self.tensorboard = self.bar = self.trackers = None
         if not enabled:
             return
         self.jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self.validation = open(run_dir / "validation.jsonl", "a", encoding="utf-8")
         wanted = settings.trackers if settings is not None else ["jsonl", "tensorboard"]
         if "tensorboard" in wanted:
             try:
@@ -189,7 +190,23 @@ class MetricsSink:
                      step, self.total, record["loss"], record["text"], record["understanding"], record["image"],
                      record["tokens_per_s"], 100 * record["mfu"], record["memory_gib"])
 
+    def write_validation(self, step: int, losses: dict[str, float], seconds: float) -> None:
+        """Validation losses: `validation.jsonl` (metrics.jsonl keeps one record shape), TensorBoard
+        and the trackers under val/."""
+        if not self.enabled:
+            return
+        record = {k: round(v, 5) for k, v in losses.items()}
+        self.validation.write(json.dumps({"step": step, **record, "seconds": round(seconds, 3)}) + "\n")
+        self.validation.flush()
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                self.tensorboard.add_scalar(f"val/{key}", value, step)
+        if self.trackers is not None:
+            self.trackers.metrics(step, record, prefix="val/")
+        log.info("step %d/%d validation loss %.4f (text %.3f, und %.3f, image %.3f) in %.1f s", step, self.total,
+                 record["loss"], record["text"], record["understanding"], record["image"], seconds)
+
     def close(self) -> None:
-        for sink in (self.jsonl, self.tensorboard, self.bar, self.trackers):
+        for sink in (self.jsonl, self.validation, self.tensorboard, self.bar, self.trackers):
             if sink is not None:
                 sink.close()

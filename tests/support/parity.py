@@ -110,14 +110,16 @@ def reference(layout: dict, world: int, steps: int, mode: str, model_options: di
                        settings=settings)
     engine = NativeEngine(cfg, DistInfo(0, 1, torch.device("cpu")))
     data = [batches(cfg.model, r, steps) for r in range(max(dps))]
-    results = []
+    results, evaluated = [], None
     for step in range(steps):
         dp = dps[1] if resumed_as and step >= resumed_at else dps[0]
         micro = [b for r in range(dp) for b in data[r][step]]
         seeds = [seed_of(step, m, r) for r in range(dp) for m in range(MICRO)]
+        if step == steps - 1:
+            evaluated = engine.eval_step(micro, seeds)
         results.append(engine.train_step(micro, seeds, LR))
     return {"losses": [r.losses["loss"] for r in results], "grad_norms": [r.grad_norm for r in results],
-            "held": engine.held_state_bytes(), "weights": engine.export_state_dict()}
+            "held": engine.held_state_bytes(), "weights": engine.export_state_dict(), "eval": evaluated}
 
 
 def _engine_in_process(rank: int, world: int, port: int, engine_name: str, cfg: TrainConfig):
@@ -131,10 +133,18 @@ def _engine_in_process(rank: int, world: int, port: int, engine_name: str, cfg: 
     return get_engine(engine_name)(cfg, init_distributed("cpu"))
 
 
-def _steps(engine, first: int, last: int) -> list:
+def _steps(engine, first: int, last: int, evaluated: dict | None = None) -> list:
+    """Train steps first..last-1; with `evaluated` (a dict), also `eval_step` on the last step's
+    batches just before it trains, into `evaluated`: it must equal that step's training loss
+    (same weights, data and seeds) and leave the step that follows unchanged."""
     data = batches(engine.cfg.model, engine.dp_rank, last)
-    return [engine.train_step(data[step], [seed_of(step, m, engine.dp_rank) for m in range(MICRO)], LR)
-            for step in range(first, last)]
+    results = []
+    for step in range(first, last):
+        seeds = [seed_of(step, m, engine.dp_rank) for m in range(MICRO)]
+        if evaluated is not None and step == last - 1:
+            evaluated.update(engine.eval_step(data[step], seeds))
+        results.append(engine.train_step(data[step], seeds, LR))
+    return results
 
 
 def worker(rank: int, world: int, engine_name: str, layout: dict, steps: int, mode: str, port: int,
@@ -147,14 +157,15 @@ def worker(rank: int, world: int, engine_name: str, layout: dict, steps: int, mo
     cfg = train_config(mode, layout, engine_name, model_options=model_options, precision=precision,
                        settings=settings)
     engine = _engine_in_process(rank, world, port, engine_name, cfg)
-    results = _steps(engine, 0, steps)
+    evaluated = {}
+    results = _steps(engine, 0, steps, evaluated)
     weights = engine.export_state_dict() if export else None  # every rank takes part
     if rank == 0:
         if export:
             torch.save(weights, f"{out_path}.weights.pt")
         with open(out_path, "w", encoding="utf-8") as f:
             json.dump({"losses": [r.losses["loss"] for r in results], "grad_norms": [r.grad_norm for r in results],
-                       "held": engine.held_state_bytes()}, f)
+                       "held": engine.held_state_bytes(), "eval": evaluated}, f)
     exit_process(0)
 
 

@@ -41,6 +41,7 @@ from pipeline.distributed import DistInfo, join_single_process_group
 from pipeline.engines.base import LOSS_PARTS, Engine, StepResult, optimizer_moments
 from pipeline.engines.deepspeed.average import MasterAverage, master_partitions, whole_fp32
 from pipeline.engines.freeze import freeze
+from pipeline.engines.native.steps import add_losses
 from pipeline.engines.deepspeed.pipe import Feed, nodd_named_parameters, pipeline_module
 from pipeline.engines.deepspeed.universal import reshardable, universal_copy
 from pipeline.engines.parallel import ParallelConfig
@@ -146,8 +147,7 @@ class DeepSpeedEngine(Engine):
             out = self.engine(batch)
             self.engine.backward(out.loss)  # scaled by 1 / gradient_accumulation_steps
             self.engine.step()  # the optimizer steps at the last micro-batch only
-            for k, v in {"loss": out.loss.detach(), **out.losses}.items():
-                totals[k] += float(v) / len(micro_batches)
+            add_losses(totals, out, len(micro_batches))
         return self._stepped(totals)
 
     def _pipeline_step(self, micro_batches, seeds) -> StepResult:
@@ -157,10 +157,28 @@ class DeepSpeedEngine(Engine):
         self.engine.train_batch(data_iter=iter(self.feed.indices()))
         totals = dict.fromkeys(LOSS_PARTS, 0.0)
         for out in self.feed.outputs:  # empty except on the last stage
-            for k, v in {"loss": out.loss.detach(), **out.losses}.items():
-                totals[k] += float(v) / len(micro_batches)
+            add_losses(totals, out, len(micro_batches))
         self.feed.start([], [])
         return self._stepped(totals)
+
+    def eval_step(self, micro_batches, seeds) -> dict[str, float]:
+        totals = dict.fromkeys(LOSS_PARTS, 0.0)
+        if self.feed is not None:  # DeepSpeed's inference schedule through the stages
+            self.feed.start(micro_batches, seeds)
+            self.engine.eval_batch(data_iter=iter(self.feed.indices()), return_logits=False, compute_loss=True,
+                                   num_micro_batches=len(micro_batches))
+            self.engine.module.train()  # eval_batch leaves the stages in eval mode
+            outputs = self.feed.outputs  # empty except on the last stage
+            self.feed.start([], [])
+        else:
+            outputs = []
+            with torch.no_grad():
+                for batch, seed in zip(micro_batches, seeds):
+                    torch.manual_seed(seed)
+                    outputs.append(self.engine(batch))
+        for out in outputs:
+            add_losses(totals, out, len(micro_batches))
+        return self._mean_over_dp(totals)
 
     def _stepped(self, totals: dict[str, float]) -> StepResult:
         if self.average is not None:

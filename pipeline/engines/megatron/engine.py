@@ -218,9 +218,6 @@ class MegatronEngine(Engine):
         return parallel_state.get_data_parallel_rank()
 
     def train_step(self, micro_batches, seeds, lr) -> StepResult:
-        from megatron.core import parallel_state
-        from megatron.core.pipeline_parallel import get_forward_backward_func
-
         from pipeline.engines.megatron.cpu_compat import cuda_to_cpu
 
         # what megatron's OptimizerParamScheduler does each step (the trainer owns the schedule):
@@ -231,6 +228,25 @@ class MegatronEngine(Engine):
         for model in self.models:
             model.zero_grad_buffer()
         self.optimizer.zero_grad()
+        with cuda_to_cpu():
+            outputs = self._schedule(micro_batches, seeds, forward_only=False)
+            _ok, grad_norm, _ = self.optimizer.step()
+        if self.average is not None:
+            self.average.update()
+        return StepResult(self._mean_losses(outputs, len(micro_batches)), float(grad_norm or 0.0))
+
+    def eval_step(self, micro_batches, seeds) -> dict[str, float]:
+        from pipeline.engines.megatron.cpu_compat import cuda_to_cpu
+
+        with cuda_to_cpu(), torch.no_grad():
+            outputs = self._schedule(micro_batches, seeds, forward_only=True)
+        return self._mean_losses(outputs, len(micro_batches))
+
+    def _schedule(self, micro_batches, seeds, forward_only: bool) -> list[dict[str, float]]:
+        """Megatron's forward-backward schedule over the micro-batches (its pipeline schedule
+        when pp > 1); each micro-batch's loss breakdown on the last stage, nothing elsewhere."""
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
         outputs = []
 
         def loss_func(out, loss):
@@ -246,25 +262,27 @@ class MegatronEngine(Engine):
             return out.loss, partial(loss_func, out)
 
         rows, seq_len = micro_batches[0].tokens.shape
-        with cuda_to_cpu():
-            data = list(zip(micro_batches, seeds))  # every chunk reads every micro-batch (its masks, positions)
-            iterators = [iter(data) for _ in self.models] if len(self.models) > 1 else iter(data)
-            get_forward_backward_func()(forward_step_func=forward_step, data_iterator=iterators,
-                                        model=self.models, num_microbatches=len(micro_batches), seq_length=seq_len,
-                                        micro_batch_size=rows, forward_only=False)
-            _ok, grad_norm, _ = self.optimizer.step()
-        if self.average is not None:
-            self.average.update()
+        data = list(zip(micro_batches, seeds))  # every chunk reads every micro-batch (its masks, positions)
+        iterators = [iter(data) for _ in self.models] if len(self.models) > 1 else iter(data)
+        get_forward_backward_func()(forward_step_func=forward_step, data_iterator=iterators,
+                                    model=self.models, num_microbatches=len(micro_batches), seq_length=seq_len,
+                                    micro_batch_size=rows, forward_only=forward_only)
+        return outputs
+
+    def _mean_losses(self, outputs: list[dict[str, float]], count: int) -> dict[str, float]:
+        """The loss breakdown averaged over micro-batches and data-parallel ranks, on every rank."""
+        from megatron.core import parallel_state
+
         values = [0.0] * len(LOSS_PARTS)
         for parts in outputs:  # empty except on the last stage
-            values = [v + parts[k] / len(micro_batches) for v, k in zip(values, LOSS_PARTS)]
+            values = [v + parts[k] / count for v, k in zip(values, LOSS_PARTS)]
         totals = torch.tensor(values, dtype=torch.float64, device=self.info.device)
         if self.pcfg.pp > 1:  # the last stage computed them; the others hold zeros
             dist.all_reduce(totals, group=parallel_state.get_pipeline_model_parallel_group())
         if self.pcfg.dp > 1:
             dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
             totals /= self.pcfg.dp
-        return StepResult(dict(zip(LOSS_PARTS, totals.cpu().tolist())), float(grad_norm or 0.0))
+        return dict(zip(LOSS_PARTS, totals.cpu().tolist()))
 
     def _layout(self) -> dict:
         return {"world": self.info.world, "tp": self.pcfg.tp, "pp": self.pcfg.pp, "dp": self.pcfg.dp,

@@ -92,6 +92,9 @@ class NativeEngine(Engine):
             self.average.update()
         return StepResult(self._mean_over_dp(totals), grad_norm)
 
+    def eval_step(self, micro_batches, seeds) -> dict[str, float]:
+        return self._mean_over_dp(self.forward_backward.evaluate(micro_batches, seeds))
+
     def _mean_over_dp(self, totals: dict[str, float]) -> dict[str, float]:
         """Each data-parallel rank saw other data: the logged loss is their mean (what the
         averaged gradients optimise), not rank 0's own value."""

@@ -26,7 +26,7 @@ from model.batch import PackedBatch
 from model.multimodal import MultimodalModel, StepOutput
 from pipeline.engines.base import LOSS_PARTS as PARTS
 from pipeline.engines.native.precision import CastCopies
-from pipeline.engines.native.steps import share_from_last_stage
+from pipeline.engines.native.steps import add_losses, share_from_last_stage
 
 FIRST_STAGE_PARTS = ("tok_embeddings", "modality_embeddings", "latent_in", "time_embed", "position_query",
                      "patch_position", "mask_embedding", "scale_embedding")
@@ -112,22 +112,32 @@ class PipelineStep:
                                  scale_grads=True)
 
     def __call__(self, batches: list[PackedBatch], seeds: list[int]) -> dict[str, float]:
+        return self._run(batches, seeds, backward=True)
+
+    @torch.no_grad()
+    def evaluate(self, batches: list[PackedBatch], seeds: list[int]) -> dict[str, float]:
+        """Forward only: the schedule's `eval` (no backward, no gradients)."""
+        return self._run(batches, seeds, backward=False)
+
+    def _run(self, batches: list[PackedBatch], seeds: list[int], backward: bool) -> dict[str, float]:
         if len(batches) != self.microbatches:
             raise ValueError(f"the pipeline schedule was built for {self.microbatches} micro-batches, got {len(batches)}")
         self.module.feed = list(zip(batches, seeds))
         self.module.outputs = []
         ids = torch.arange(len(batches), device=self.device)
         target = torch.zeros(len(batches), device=self.device)
+        run = self.schedule.step if backward else self.schedule.eval
         if self.copies is None:
-            self.schedule.step(ids, target=target, micro=ids, return_outputs=False)
+            run(ids, target=target, micro=ids, return_outputs=False)
         else:  # the schedule runs (and scales the gradients of) the step's bf16 copies
             self.copies.cast()
             with self.copies.applied():
-                self.schedule.step(ids, target=target, micro=ids, return_outputs=False)
-            self.copies.fold_grads()
-        values = [0.0] * len(PARTS)
+                run(ids, target=target, micro=ids, return_outputs=False)
+            if backward:
+                self.copies.fold_grads()
+        totals = dict.fromkeys(PARTS, 0.0)
         for out in self.module.outputs:  # empty except on the last stage
-            parts = {"loss": out.loss.detach(), **out.losses}
-            values = [v + float(parts[k]) / len(batches) for v, k in zip(values, PARTS)]
+            add_losses(totals, out, len(batches))
         self.module.feed, self.module.outputs = [], []
+        values = [totals[k] for k in PARTS]
         return dict(zip(PARTS, share_from_last_stage(values, self.mesh, self.device)))

@@ -5,6 +5,7 @@ gradients accumulated as if each micro-batch's loss were divided by their count.
 
     step = LocalStep(model, copies)     # copies: precision.CastCopies (bf16 without FSDP) or None
     totals = step(batches, seeds)       # {"loss", "text", "understanding", "image"}
+    totals = step.evaluate(batches, seeds)   # the same, forward only (validation)
 
 `seeds[i]` seeds the noise and time draws of micro-batch i, so any layout draws what a
 one-process run draws.
@@ -30,19 +31,32 @@ class LocalStep:
         self.model, self.copies = model, copies
 
     def __call__(self, batches: list[PackedBatch], seeds: list[int]) -> dict[str, float]:
+        return self._run(batches, seeds, backward=True)
+
+    @torch.no_grad()
+    def evaluate(self, batches: list[PackedBatch], seeds: list[int]) -> dict[str, float]:
+        return self._run(batches, seeds, backward=False)
+
+    def _run(self, batches: list[PackedBatch], seeds: list[int], backward: bool) -> dict[str, float]:
         totals = dict.fromkeys(PARTS, 0.0)
-        if self.copies is not None:
+        if self.copies is not None:  # the master weights moved since the last cast
             self.copies.cast()
         for batch, seed in zip(batches, seeds):
             torch.manual_seed(seed)
             with self.copies.applied() if self.copies is not None else nullcontext():
                 out = self.model(batch)
-            (out.loss / len(batches)).backward()
-            if self.copies is not None:
-                self.copies.fold_grads()
-            for k, v in {"loss": out.loss.detach(), **out.losses}.items():
-                totals[k] += float(v) / len(batches)
+            if backward:
+                (out.loss / len(batches)).backward()
+                if self.copies is not None:
+                    self.copies.fold_grads()
+            add_losses(totals, out, len(batches))
         return totals
+
+
+def add_losses(totals: dict[str, float], out, count: int) -> None:
+    """Add one micro-batch's loss breakdown (a StepOutput) to `totals`, as a mean over `count`."""
+    for k, v in {"loss": out.loss.detach(), **out.losses}.items():
+        totals[k] += float(v) / count
 
 
 def share_from_last_stage(values: list[float], mesh, device: torch.device) -> list[float]:

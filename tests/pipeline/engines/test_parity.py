@@ -99,6 +99,11 @@ def test_layout_matches_one_process(engine, name, layout, world, settings, mode,
     assert max(expected["grad_norms"]) > 1.0, "clipping (optim.grad_clip=1) must act in this test"
     for a, b in zip(got["grad_norms"], expected["grad_norms"]):
         assert abs(a - b) < 1e-4 * b, (got, expected)
+    # forward only (validation): the loss breakdown of a one-process evaluation, equal to the
+    # training loss of the same weights and batches, and the step after it unchanged (above)
+    assert abs(expected["eval"]["loss"] - expected["losses"][-1]) < 1e-6
+    for part, value in expected["eval"].items():
+        assert abs(got["eval"][part] - value) < 1e-5, (part, got["eval"], expected["eval"])
     if name in HELD:
         whole = expected["held"]["parameters"]
         assert expected["held"]["optimizer"] == 2 * whole
