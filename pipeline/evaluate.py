@@ -95,10 +95,12 @@ def evaluate_generation(run: LoadedRun, per_prompt: int, extra: int, steps: int,
 
 def evaluate_video(run: LoadedRun, count: int, frames: int, steps: int, cfg_scale: float | None, out_dir: Path) -> dict:
     """Clips for held-out moving-shapes captions ("a red circle moving left"), read back frame by
-    frame: the object's shape and colour, and the direction its centroid moved."""
-    from data_prep.builtin.moving_shapes import moving_clip, score_clip
+    frame: the object's shape and colour, and the direction its centroid moved. Then the other
+    way: held-out clips captioned by the model, each caption right when it names the clip's
+    colour, shape and direction (`caption_*` keys)."""
+    from data_prep.builtin.moving_shapes import moving_clip, parse_motion, score_clip
     from data_prep.shards import save_grid
-    from pipeline.inference import sample_videos
+    from pipeline.inference import caption_videos, sample_videos
 
     scores, strips = [], []
     for n in range(count):
@@ -108,8 +110,18 @@ def evaluate_video(run: LoadedRun, count: int, frames: int, steps: int, cfg_scal
         if n < 8:
             strips.extend(clip)
     save_grid(np.stack(strips), out_dir / "eval_videos.png", columns=frames)
-    return {"clips": count, "frames": frames, **{f"{k}_accuracy": _mean([s[k] for s in scores])
-                                                  for k in ("object", "color", "direction", "overall")}}
+    result = {"clips": count, "frames": frames, **{f"{k}_accuracy": _mean([s[k] for s in scores])
+                                                    for k in ("object", "color", "direction", "overall")}}
+    held_out = [moving_clip(HELD_OUT_SEED + 4, n, run.image_size, frames) for n in range(count)]
+    captions = caption_videos(run, np.stack([clip for clip, _, _ in held_out]))
+    said = [parse_motion(c) or (None, None, None) for c in captions]
+    truth = [(meta["color"], meta["shape"], meta["direction"]) for _, _, meta in held_out]
+    for i, part in enumerate(("color", "shape", "direction")):
+        result[f"caption_{part}_accuracy"] = _mean([s[i] == t[i] for s, t in zip(said, truth)])
+    result["caption_accuracy"] = _mean([s == t for s, t in zip(said, truth)])
+    result["caption_examples"] = [{"truth": meta["caption"], "caption": c} for (_, _, meta), c in
+                                  zip(held_out[:8], captions)]
+    return result
 
 
 def evaluate_understanding(run: LoadedRun, count: int, out_dir: Path) -> dict:

@@ -200,3 +200,16 @@ def caption_images(run: LoadedRun, images: np.ndarray, max_tokens: int = 48) -> 
 
     ids = caption(run.model, encode_images(run, images), run.text.bos_id, run.text.eos_id, max_new_tokens=max_tokens)
     return [run.text.decode(row) for row in ids]
+
+
+@torch.no_grad()
+def caption_videos(run: LoadedRun, clips: np.ndarray, max_tokens: int = 48) -> list[str]:
+    """Captions for (B, T, H, W, 3) uint8 clips: every frame through the image tokenizer (as prep
+    encodes video: temporal_compression 1), the clip read as one (T, h, w) span."""
+    from model.sampling import caption
+
+    rows, frames = clips.shape[:2]
+    encoded = encode_images(run, clips.reshape(rows * frames, *clips.shape[2:]))
+    encoded = encoded.reshape(rows, frames, *encoded.shape[1:])
+    ids = caption(run.model, encoded, run.text.bos_id, run.text.eos_id, max_new_tokens=max_tokens)
+    return [run.text.decode(row) for row in ids]

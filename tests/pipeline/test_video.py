@@ -60,3 +60,29 @@ def test_train_on_clips_then_sample_an_mp4_and_score_clips(tmp_path, clips):
     video = results["video"]
     assert video["clips"] == 3 and 0 <= video["overall_accuracy"] <= 1
     assert (run / "eval_videos.png").is_file() and "video.direction_accuracy" in (run / "report.md").read_text()
+    assert 0 <= video["caption_accuracy"] <= 1 and len(video["caption_examples"]) == 3
+    assert "video.caption_direction_accuracy" in (run / "report.md").read_text()
+
+
+def test_video_captions_are_scored_against_the_clips_truth(tmp_path, clips, monkeypatch):
+    """The captioning half of the video score: right exactly when colour, shape and direction are."""
+    import pipeline.evaluate as evaluate_module
+    import pipeline.inference as inference
+
+    def truths(count):
+        return [moving_clip(evaluate_module.HELD_OUT_SEED + 4, n)[1] for n in range(count)]
+
+    run = tmp_path / "run"
+    train(load_config(TrainConfig, "configs/train/moving_shapes.toml", [
+        f"run_dir={run}", f"data.shards={clips}", "model.width=32", "model.depth=2", "data.seq_len=320",
+        "data.batch_rows=2", "train.steps=1", "train.checkpoint_every=1"]))
+    loaded = load_run(run)
+    monkeypatch.setattr(inference, "caption_videos", lambda _run, clips: truths(len(clips)))
+    exact = evaluate_module.evaluate_video(loaded, 4, 8, 1, None, run)
+    assert exact["caption_accuracy"] == 1.0 and exact["caption_direction_accuracy"] == 1.0
+    flipped = {"left": "right", "right": "left", "up": "down", "down": "up"}
+    monkeypatch.setattr(inference, "caption_videos", lambda _run, clips: [
+        " ".join(t.split()[:-1] + [flipped[t.split()[-1]]]) for t in truths(len(clips))])
+    wrong_way = evaluate_module.evaluate_video(loaded, 4, 8, 1, None, run)
+    assert wrong_way["caption_accuracy"] == 0.0 and wrong_way["caption_direction_accuracy"] == 0.0
+    assert wrong_way["caption_color_accuracy"] == wrong_way["caption_shape_accuracy"] == 1.0
