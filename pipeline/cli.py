@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the main job on built-in data: tokenizer, prep, verify, inspect")
     demo.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
     demo.add_argument("--samples", type=int, default=30000, help="shapes images to prepare")
-    demo.add_argument("--train-steps", type=int, default=1000, help="model training steps (0 = stop after prep)")
+    demo.add_argument("--train-steps", type=int, default=2000, help="model training steps (0 = stop after prep)")
     demo.add_argument("--nproc", type=int, default=2, help="training processes (default 2)")
     demo.add_argument("--seed", type=int, default=0, help="the model's training seed (default 0; runs/demo/train-seedN)")
 

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def run_demo(out: str | Path, samples: int = 30000, tokenizer_steps: int = 350, train_steps: int = 1000,
+def run_demo(out: str | Path, samples: int = 30000, tokenizer_steps: int = 350, train_steps: int = 2000,
              nproc: int = 2, eval_images: int = 256, eval_per_prompt: int = 4, eval_steps: int = 20,
              clips: int = 125, seed: int = 0) -> dict:
     """`seed`: the model's training seed (train.seed and data.seed); the tokenizers, shards and
@@ -117,7 +117,7 @@ def _train_and_evaluate(run_dir: Path, shards: str, text_tokenizer: Path, steps:
         # Whole replicas, not FSDP shards: for a model this small the per-block all-gathers cost
         # more than they save (1.15-1.4x the tokens/s of dp_shard=2 on 2 cores; bench/train.py).
         command += [f"parallel.dp_replicate={nproc}", "parallel.dp_shard=1"]
-    # bf16 where it pays: the demo's 1,000 steps 1.5x faster on 2 cores with avx512_bf16 and no
+    # bf16 where it pays: the demo's steps 1.5x faster on 2 cores with avx512_bf16 and no
     # less accurate (README, "What the demo model learns"); fp32 where bf16 would be emulated.
     precision = "bf16" if bf16_pays(torch.device("cuda" if torch.cuda.is_available() else "cpu")) else "fp32"
     command.append(f"train.precision={precision}")
