@@ -38,11 +38,11 @@ def finalize(cfg: PrepConfig, out_dir: Path, num_items: int, num_units: int, fin
         path = out_dir / schema.shard_name(unit)
         meta = schema.read_shard_meta(path)
         stats.merge(LatentStats.from_dict(meta.get("latent_stats", {})))
-        shard_splits = meta.get("splits") or {"train": meta["rows"]}  # a version-1 shard kept by a rerun
+        shard_splits = {name: schema.shard_split_rows(meta, name) for name in schema.SPLITS}  # v1: all train
         shards.append({"file": path.name, "rows": meta["rows"], "sha256": schema.sha256_file(path),
                        "modalities": meta["modalities"], "splits": shard_splits})
         for name, rows in shard_splits.items():
-            splits[name] = splits.get(name, 0) + rows
+            splits[name] += rows
         total += meta["rows"]
     manifest = schema.Manifest(
         schema_version=schema.SCHEMA_VERSION,

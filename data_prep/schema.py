@@ -80,7 +80,7 @@ def split_of(key: str, val_fraction: float) -> str:
 
 
 def shard_split_rows(shard: dict[str, Any], split: str) -> int:
-    """Rows of `split` in one manifest shard entry (version 1 entries: every row is "train")."""
+    """Rows of `split` in a manifest shard entry or a shard's metadata (version 1: all "train")."""
     splits = shard.get("splits") or {"train": shard["rows"]}
     return int(splits.get(split, 0))
 

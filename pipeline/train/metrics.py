@@ -151,8 +151,8 @@ class MetricsSink:
         self.jsonl = self.validation = self.tensorboard = self.bar = self.trackers = None
         if not enabled:
             return
+        self.run_dir = run_dir
         self.jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
-        self.validation = open(run_dir / "validation.jsonl", "a", encoding="utf-8")
         wanted = settings.trackers if settings is not None else ["jsonl", "tensorboard"]
         if "tensorboard" in wanted:
             try:
@@ -196,6 +196,8 @@ class MetricsSink:
         if not self.enabled:
             return
         record = {k: round(v, 5) for k, v in losses.items()}
+        if self.validation is None:  # opened at the first record: runs without validation get no file
+            self.validation = open(self.run_dir / "validation.jsonl", "a", encoding="utf-8")
         self.validation.write(json.dumps({"step": step, **record, "seconds": round(seconds, 3)}) + "\n")
         self.validation.flush()
         if self.tensorboard is not None:

@@ -39,7 +39,6 @@ class Validation:
         mine = groups[engine.dp_rank::dp]  # this rank's groups: as many as every other rank's
         device = engine.info.device
         self.groups = [([batches[i].to(device) for i in g], [VAL_SEED_BASE + i for i in g]) for g in mine]
-        self.batches, self.tokens = total, sum(b.num_tokens for b in batches)
 
     def run(self, engine) -> dict[str, float]:
         """The mean loss breakdown over the whole set (every rank gets the same numbers)."""

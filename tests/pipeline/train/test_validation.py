@@ -93,13 +93,13 @@ def test_version_1_shards_still_train_and_say_how_to_get_a_split(tmp_path, tiny_
 def test_validation_is_logged_plotted_and_leaves_training_unchanged(tmp_path, val_shards):
     plain, validated = tmp_path / "plain", tmp_path / "validated"
     train(config(plain, val_shards))
+    assert not (plain / "validation.jsonl").exists()
     train(config(validated, val_shards, train__eval_every=4, train__eval_batches=3))
     assert losses(validated) == losses(plain)  # forward only: weights, data and noise untouched
     records = [json.loads(line) for line in (validated / "validation.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [4, 6]  # every 4 steps and at the last
     for r in records:
         assert all(r[k] > 0 for k in ("loss", "text", "understanding", "image")), r
-    assert records[1]["loss"] < records[0]["loss"] * 1.2  # the same batches and noise: comparable
     # stopped at step 3 (its last step: validated too) and resumed: the uninterrupted run's records
     part = tmp_path / "part"
     train(config(part, val_shards, train__steps=3, train__eval_every=4, train__eval_batches=3))
